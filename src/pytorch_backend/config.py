@@ -1,0 +1,174 @@
+"""Model configuration: the parts of Triton's config JSON this backend uses, as frozen dataclasses.
+
+Parsed and validated once at load; every error names the model, the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .dtypes import STRING, SUPPORTED
+from .errors import ModelLoadError
+
+AOTI_PLATFORM = "torch_aoti"
+TORCHSCRIPT_FILENAME = "model.pt"
+AOTI_FILENAME = "model.pt2"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One config input or output."""
+
+    name: str
+    dtype: str  # Triton type name without the TYPE_ prefix, e.g. "FP32", "STRING"
+    dims: tuple[int, ...]  # as written in the config, without the batch dimension
+    reshape: tuple[int, ...] | None = None
+    optional: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Per-item shape the backend sees (``reshape`` when given, else ``dims``)."""
+        return self.reshape if self.reshape is not None else self.dims
+
+    @property
+    def is_string(self) -> bool:
+        return self.dtype == STRING
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    kind: str  # "KIND_CPU", "KIND_GPU", "KIND_MODEL", "KIND_AUTO"
+    count: int
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    platform: str
+    backend: str
+    default_model_filename: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    instance_groups: tuple[InstanceGroup, ...] = ()
+    dynamic_batching: bool = False
+    sequence_batching: bool = False
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0
+
+    @property
+    def is_aoti(self) -> bool:
+        """Exactly as upstream: only the exact string ``torch_aoti`` selects AOT Inductor."""
+        return self.platform == AOTI_PLATFORM
+
+    def input(self, name: str) -> TensorSpec:
+        return next(s for s in self.inputs if s.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(s for s in self.outputs if s.name == name)
+
+    def error(self, message: str) -> ModelLoadError:
+        """A load error that names this model."""
+        return ModelLoadError(f"model '{self.name}': {message}")
+
+
+def _dims(raw: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in (raw or ()))
+
+
+def _tensor_spec(model: str, kind: str, raw: Mapping[str, Any]) -> TensorSpec:
+    name = raw.get("name", "")
+    data_type = raw.get("data_type", "")
+    dtype = data_type[5:] if data_type.startswith("TYPE_") else data_type
+    if dtype not in SUPPORTED:
+        supported = ", ".join(f"TYPE_{t}" for t in sorted(SUPPORTED))
+        raise ModelLoadError(
+            f"model '{model}': unsupported data_type {data_type!r} for {kind} '{name}' "
+            f"(supported: {supported})"
+        )
+    reshape_raw = raw.get("reshape")
+    reshape = _dims(reshape_raw.get("shape")) if reshape_raw else None
+    return TensorSpec(
+        name=name,
+        dtype=dtype,
+        dims=_dims(raw.get("dims")),
+        reshape=reshape,
+        optional=bool(raw.get("optional", False)),
+    )
+
+
+def _string_parameters(model: str, raw: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in (raw or {}).items():
+        if isinstance(value, Mapping):
+            if "string_value" not in value:
+                raise ModelLoadError(f"model '{model}': parameter '{key}' has no string_value")
+            out[key] = str(value["string_value"])
+        else:
+            out[key] = str(value)
+    return out
+
+
+def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
+    """Parse Triton's model config (the JSON string given to ``initialize`` or a dict)."""
+    data: Mapping[str, Any] = json.loads(raw) if isinstance(raw, str) else raw
+    name = data.get("name", "")
+    max_batch_size = int(data.get("max_batch_size", 0) or 0)
+    if max_batch_size < 0:
+        raise ModelLoadError(f"model '{name}': max_batch_size must be >= 0, got {max_batch_size}")
+    inputs = tuple(_tensor_spec(name, "input", i) for i in data.get("input", ()))
+    outputs = tuple(_tensor_spec(name, "output", o) for o in data.get("output", ()))
+    groups = tuple(
+        InstanceGroup(
+            kind=g.get("kind", "KIND_AUTO"),
+            count=int(g.get("count", 1) or 1),
+            gpus=tuple(int(x) for x in g.get("gpus", ()) or ()),
+        )
+        for g in data.get("instance_group", ())
+    )
+    config = ModelConfig(
+        name=name,
+        platform=data.get("platform", "") or "",
+        backend=data.get("backend", "") or "",
+        default_model_filename=data.get("default_model_filename", "") or "",
+        max_batch_size=max_batch_size,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=MappingProxyType(_string_parameters(name, data.get("parameters", {}))),
+        instance_groups=groups,
+        dynamic_batching="dynamic_batching" in data and data["dynamic_batching"] is not None,
+        sequence_batching="sequence_batching" in data and data["sequence_batching"] is not None,
+    )
+    _validate(config)
+    return config
+
+
+def _validate(config: ModelConfig) -> None:
+    if not config.inputs:
+        raise config.error("the configuration must declare at least one input")
+    if not config.outputs:
+        raise config.error("the configuration must declare at least one output")
+    for kind, specs in (("input", config.inputs), ("output", config.outputs)):
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.name in seen:
+                raise config.error(f"duplicate {kind} name '{spec.name}'")
+            seen.add(spec.name)
+            if spec.optional:
+                raise config.error(
+                    f"{kind} '{spec.name}' is optional; optional inputs are not supported"
+                )
+            if spec.is_string and len(spec.shape) + (1 if config.batching else 0) > 1:
+                raise config.error(
+                    f"TYPE_STRING {kind} '{spec.name}' must be 1-D (List[str]); got shape "
+                    f"{list(spec.shape)}{' plus the batch dimension' if config.batching else ''}"
+                    " (for a batching model declare dims: [1] with reshape: { shape: [] })"
+                )
