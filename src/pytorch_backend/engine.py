@@ -1,0 +1,244 @@
+"""From per-request named inputs to per-request named outputs, through one batched forward.
+
+Each request is validated on its own (a bad one gets its own error); valid requests with
+compatible shapes are gathered with one ``torch.cat`` per input, run once, and every output is
+split back into per-request views. If the batched forward raises, the batch is bisected so only
+the offending request(s) get the error. Nothing here knows about Triton.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager as ContextManager
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+from .config import ModelConfig, TensorSpec
+from .dtypes import TRITON_TO_TORCH, triton_name
+from .errors import ExecutionError, PyTorchBackendError, RequestError
+from .executors.base import Executor, Value
+from .strings import Strings, check_string_list
+
+InputValue = Union[torch.Tensor, Strings]
+Outcome = Union[dict[str, Value], PyTorchBackendError]
+
+
+@dataclass(frozen=True)
+class RequestInputs:
+    """One request: its named inputs and the outputs it asked for (``None``: all)."""
+
+    inputs: Mapping[str, InputValue]
+    requested_outputs: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class _Valid:
+    index: int
+    request: RequestInputs
+    batch_size: int  # 0 for non-batching models
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+class InferenceEngine:
+    """Serves requests for one model instance with one executor."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        executor: Executor,
+        *,
+        context: Callable[[], ContextManager[object]] = contextlib.nullcontext,
+        after_execute: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.executor = executor
+        self._context = context
+        self._after_execute = after_execute
+        self._inputs = {spec.name: spec for spec in config.inputs}
+        self._dtypes = {
+            spec.name: TRITON_TO_TORCH.get(spec.dtype) for spec in (*config.inputs, *config.outputs)
+        }
+        self._all_outputs = frozenset(spec.name for spec in config.outputs)
+
+    # -- public -------------------------------------------------------------------------------
+
+    def infer(self, requests: Sequence[RequestInputs | PyTorchBackendError]) -> list[Outcome]:
+        """One outcome per request, in order: a dict of requested outputs, or an error."""
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        groups: dict[object, list[_Valid]] = {}
+        for index, request in enumerate(requests):
+            if isinstance(request, PyTorchBackendError):
+                outcomes[index] = request
+                continue
+            try:
+                batch_size, key = self._validate(request)
+            except RequestError as exc:
+                outcomes[index] = exc
+                continue
+            # Batching models gather requests whose non-batch shapes agree; others run alone.
+            group_key = key if self.config.batching else ("single", index)
+            groups.setdefault(group_key, []).append(_Valid(index, request, batch_size))
+        try:
+            for group in groups.values():
+                for valid, outcome in self._run(group):
+                    outcomes[valid.index] = outcome
+        finally:
+            if self._after_execute is not None:
+                self._after_execute()
+        return outcomes  # type: ignore[return-value]
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def _validate(self, request: RequestInputs) -> tuple[int, tuple]:
+        """Check names, dtypes and shapes; return the batch size and a gather-compatibility key."""
+        missing = [name for name in self._inputs if name not in request.inputs]
+        if missing:
+            raise RequestError(
+                f"missing input(s) {missing}; the model expects {list(self._inputs)}"
+            )
+        unknown = [name for name in request.inputs if name not in self._inputs]
+        if unknown:
+            raise RequestError(
+                f"unknown input(s) {unknown}; the model expects {list(self._inputs)}"
+            )
+        unknown_outputs = (request.requested_outputs or frozenset()) - self._all_outputs
+        if unknown_outputs:
+            raise RequestError(
+                f"unknown requested output(s) {sorted(unknown_outputs)}; the model "
+                f"has {sorted(self._all_outputs)}"
+            )
+        batch_sizes: dict[str, int] = {}
+        key: list[tuple[int, ...]] = []
+        for name, spec in self._inputs.items():
+            shape = self._check_value(spec, request.inputs[name])
+            if self.config.batching:
+                batch_sizes[name] = shape[0]
+                key.append(shape[1:])
+        if not self.config.batching:
+            return 0, ()
+        sizes = set(batch_sizes.values())
+        if len(sizes) > 1:
+            raise RequestError(f"inputs disagree on the batch size (dimension 0): {batch_sizes}")
+        batch_size = sizes.pop()
+        if batch_size > self.config.max_batch_size:
+            raise RequestError(
+                f"batch size {batch_size} exceeds max_batch_size {self.config.max_batch_size}"
+            )
+        return batch_size, tuple(key)
+
+    def _check_value(self, spec: TensorSpec, value: InputValue) -> tuple[int, ...]:
+        if spec.is_string:
+            if not isinstance(value, Strings):
+                raise RequestError(
+                    f"input '{spec.name}' must be TYPE_STRING (BYTES), got "
+                    f"{triton_name(value.dtype)}"
+                )
+            shape = value.shape
+        else:
+            if isinstance(value, Strings):
+                raise RequestError(
+                    f"input '{spec.name}' must be TYPE_{spec.dtype}, got TYPE_STRING (BYTES)"
+                )
+            if value.dtype != self._dtypes[spec.name]:
+                raise RequestError(
+                    f"input '{spec.name}' has datatype {triton_name(value.dtype)}; "
+                    f"the model expects TYPE_{spec.dtype}"
+                )
+            shape = tuple(value.shape)
+        expected = ((-1,) if self.config.batching else ()) + spec.shape
+        if len(shape) != len(expected) or any(e not in (-1, s) for e, s in zip(expected, shape)):
+            raise RequestError(
+                f"input '{spec.name}' has shape {_shape_text(shape)}; the model "
+                f"expects {_shape_text(expected)}"
+            )
+        return shape
+
+    # -- execution ----------------------------------------------------------------------------
+
+    def _run(self, group: list[_Valid]) -> list[tuple[_Valid, Outcome]]:
+        try:
+            outputs = self._forward(group)
+        except PyTorchBackendError as exc:  # our own checks: deterministic, no point retrying
+            return [(valid, exc) for valid in group]
+        except Exception as exc:  # the model raised
+            if len(group) > 1:
+                middle = len(group) // 2
+                return self._run(group[:middle]) + self._run(group[middle:])
+            error = ExecutionError(
+                f"model '{self.config.name}' failed: {type(exc).__name__}: {exc}"
+            )
+            return [(group[0], error)]
+        return list(zip(group, self._split(group, outputs)))
+
+    def _forward(self, group: list[_Valid]) -> dict[str, Value]:
+        batch = {name: self._gather(name, spec, group) for name, spec in self._inputs.items()}
+        with self._context():
+            outputs = self.executor.run(batch)
+        needed: set[str] = set()
+        for valid in group:
+            needed |= valid.request.requested_outputs or self._all_outputs
+        total = sum(valid.batch_size for valid in group)
+        return {name: self._check_output(name, outputs.get(name), total) for name in needed}
+
+    def _gather(self, name: str, spec: TensorSpec, group: list[_Valid]) -> Value:
+        values = [valid.request.inputs[name] for valid in group]
+        if spec.is_string:
+            return [s for value in values for s in value.values]  # type: ignore[union-attr]
+        tensor = values[0] if len(values) == 1 else torch.cat(values)  # type: ignore[arg-type]
+        return tensor.to(self.executor.input_device, non_blocking=True)
+
+    def _check_output(self, name: str, value: object, total: int) -> Value:
+        spec = self.config.output(name)
+        batching = self.config.batching
+        if spec.is_string:
+            strings = check_string_list(name, value)
+            if batching and len(strings) != total:
+                raise ExecutionError(
+                    f"output '{name}' has {len(strings)} strings; the batch has {total} items"
+                )
+            return strings
+        if not isinstance(value, torch.Tensor):
+            raise ExecutionError(
+                f"output '{name}' must be a Tensor (or List[str] for TYPE_STRING), "
+                f"got {type(value).__name__}"
+            )
+        if value.dim() == 0:
+            raise ExecutionError(
+                f"output '{name}' is a scalar (0-d tensor), which is not "
+                "supported; return a tensor with at least one dimension"
+            )
+        if value.dtype != self._dtypes[name]:
+            raise ExecutionError(
+                f"configuration expects datatype TYPE_{spec.dtype} for output "
+                f"'{name}', model provides {triton_name(value.dtype)}"
+            )
+        if batching and value.shape[0] != total:
+            raise ExecutionError(
+                f"output '{name}' has {value.shape[0]} rows in dimension 0; the "
+                f"batch has {total} items"
+            )
+        return value.detach().contiguous()
+
+    def _split(self, group: list[_Valid], outputs: dict[str, Value]) -> list[Outcome]:
+        if self.config.batching and len(group) > 1:
+            sizes = [valid.batch_size for valid in group]
+            pieces: dict[str, list[Value]] = {}
+            for name, value in outputs.items():
+                if isinstance(value, torch.Tensor):
+                    pieces[name] = list(torch.split(value, sizes))
+                else:
+                    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+                    pieces[name] = [value[s : s + n] for s, n in zip(starts, sizes)]
+        else:
+            pieces = {name: [value] * len(group) for name, value in outputs.items()}
+        results: list[Outcome] = []
+        for position, valid in enumerate(group):
+            wanted = valid.request.requested_outputs or self._all_outputs
+            results.append({name: pieces[name][position] for name in wanted})
+        return results

@@ -1,0 +1,175 @@
+"""How config input/output names bind to a TorchScript model's forward arguments and outputs.
+
+Upstream rules (shared/reference/upstream_semantics.md §3), with its gaps closed:
+inputs bind by forward-argument name when every config name is one; else by ``<name>__<index>``
+when every name has that form (indices validated: in range, no duplicates); else by config order.
+A lone ``Dict[str, Tensor]`` argument receives every input keyed by its config name.
+Outputs bind by ``<name>__<index>`` when every output has that form, else by config order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .config import ModelConfig, TensorSpec
+
+FORWARD_ARGUMENT = "forward-argument names"
+NAMED_INDEX = "<name>__<index> names"
+CONFIG_ORDER = "config order"
+DICT_INPUT = "Dict[str, Tensor] keys"
+
+_NAMED_INDEX = re.compile(r"^(?P<prefix>.*?)__(?P<index>\d+)$")
+
+TENSOR = "Tensor"
+STRING_LIST = "List[str]"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What the forward method declares: argument names/types and, if known, output types."""
+
+    arg_names: tuple[str, ...]
+    arg_types: tuple[str, ...]
+    output_types: tuple[str, ...] | None  # None: not statically known (checked per call)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Config name -> position in the forward arguments or in the returned tuple."""
+
+    convention: str
+    positions: Mapping[str, int]
+
+    @property
+    def dict_input(self) -> bool:
+        return self.convention == DICT_INPUT
+
+
+def named_index(name: str) -> int | None:
+    """The index of a ``<name>__<index>`` name (text after the first ``__`` all digits)."""
+    head, sep, tail = name.partition("__")
+    return int(tail) if sep and tail.isdigit() else None
+
+
+def _positions(specs: Sequence[TensorSpec], index_of) -> dict[str, int]:
+    return {spec.name: index_of(i, spec.name) for i, spec in enumerate(specs)}
+
+
+def _check_indices(
+    config: ModelConfig, kind: str, positions: Mapping[str, int], count: int | None, accepted: str
+) -> None:
+    seen: dict[int, str] = {}
+    for name, index in positions.items():
+        if count is not None and index >= count:
+            raise config.error(
+                f"{kind} '{name}' refers to index {index}, but the model has {count} {kind}s; "
+                f"it accepts {accepted}"
+            )
+        if index in seen:
+            raise config.error(
+                f"{kind}s '{seen[index]}' and '{name}' both refer to index {index}; "
+                f"it accepts {accepted}"
+            )
+        seen[index] = name
+
+
+def _describe(names: Sequence[str], prefix: str) -> str:
+    ordinal = ", ".join(f"{prefix}__{i}" for i in range(len(names)))
+    if not names:
+        return "no arguments"
+    return (
+        f"forward-argument names ({', '.join(names)}) or {ordinal}"
+        if prefix == "INPUT"
+        else ordinal
+    )
+
+
+def bind_inputs(config: ModelConfig, signature: Signature) -> Binding:
+    """Bind config inputs to forward arguments, validating count, names, indices and types."""
+    names, types = signature.arg_names, signature.arg_types
+    if len(types) == 1 and types[0].startswith("Dict["):
+        if types[0] != "Dict[str, Tensor]":
+            raise config.error(
+                f"forward takes a single {types[0]}; only Dict[str, Tensor] is "
+                "supported as a dictionary input"
+            )
+        strings = [s.name for s in config.inputs if s.is_string]
+        if strings:
+            raise config.error(
+                f"input(s) {strings} are TYPE_STRING but the model takes Dict[str, Tensor]"
+            )
+        return Binding(DICT_INPUT, MappingProxyType({s.name: 0 for s in config.inputs}))
+    for arg, kind in zip(names, types):
+        if kind not in (TENSOR, STRING_LIST):
+            raise config.error(
+                f"forward argument '{arg}' has type {kind}; supported are Tensor, "
+                "List[str], or a single Dict[str, Tensor]"
+            )
+    accepted = _describe(names, "INPUT")
+    if len(config.inputs) != len(names):
+        raise config.error(
+            f"the configuration declares {len(config.inputs)} inputs but forward "
+            f"takes {len(names)}: {accepted}"
+        )
+    config_names = [s.name for s in config.inputs]
+    if all(n in names for n in config_names):
+        binding = Binding(
+            FORWARD_ARGUMENT, MappingProxyType({n: names.index(n) for n in config_names})
+        )
+    elif all(named_index(n) is not None for n in config_names):
+        positions = {n: named_index(n) for n in config_names}
+        _check_indices(config, "input", positions, len(names), accepted)
+        binding = Binding(NAMED_INDEX, MappingProxyType(positions))
+    else:
+        binding = Binding(
+            CONFIG_ORDER, MappingProxyType({n: i for i, n in enumerate(config_names)})
+        )
+    for spec in config.inputs:
+        position = binding.positions[spec.name]
+        _check_type(config, "input", spec, types[position], f"forward argument '{names[position]}'")
+    return binding
+
+
+def bind_outputs(config: ModelConfig, signature: Signature) -> Binding:
+    """Bind config outputs to the model's returned values (a Tensor, List[str] or a tuple)."""
+    config_names = [s.name for s in config.outputs]
+    returned = signature.output_types
+    count = None if returned is None else len(returned)
+    accepted = (f"{count} output(s): " + _describe(["?"] * count, "OUTPUT")) if count else "?"
+    if all(named_index(n) is not None for n in config_names):
+        positions = {n: named_index(n) for n in config_names}
+        _check_indices(config, "output", positions, count, accepted)
+        binding = Binding(NAMED_INDEX, MappingProxyType(positions))
+    else:
+        if count is not None and len(config_names) > count:
+            raise config.error(
+                f"the configuration declares {len(config_names)} outputs but the "
+                f"model returns {count}"
+            )
+        binding = Binding(
+            CONFIG_ORDER, MappingProxyType({n: i for i, n in enumerate(config_names)})
+        )
+    if returned is not None:
+        for spec in config.outputs:
+            position = binding.positions[spec.name]
+            _check_type(config, "output", spec, returned[position], f"returned value {position}")
+    return binding
+
+
+def _check_type(
+    config: ModelConfig, kind: str, spec: TensorSpec, model_type: str, where: str
+) -> None:
+    if model_type not in (TENSOR, STRING_LIST):
+        raise config.error(
+            f"{where} has type {model_type}; each output must be Tensor or List[str]"
+        )
+    if spec.is_string and model_type != STRING_LIST:
+        raise config.error(f"{kind} '{spec.name}' is TYPE_STRING but {where} is {model_type}")
+    if not spec.is_string and model_type == STRING_LIST:
+        raise config.error(
+            f"{kind} '{spec.name}' is TYPE_{spec.dtype} but {where} is List[str] "
+            "(declare it TYPE_STRING)"
+        )
