@@ -1,3 +1,4 @@
+# ruff: noqa: UP006, UP035  (TorchScript signatures spelled with typing generics on purpose)
 """Small TorchScript models for tests, with math simple enough to compute expected outputs."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Scale(torch.nn.Module):
 
 
 class MixedOutputs(torch.nn.Module):
-    """forward(image, scale) -> (image * scale [FP32], argmax(image, 1) [INT64], image > 0 [BOOL])."""
+    """forward(image, scale) -> (image * scale, argmax(image, 1) [INT64], image > 0 [BOOL])."""
 
     def forward(
         self, image: torch.Tensor, scale: torch.Tensor
