@@ -1,0 +1,41 @@
+# Triton Inference Server with the Python-based PyTorch backend ("pytorch_python").
+#
+#   docker build -t tritonserver-pytorch-python .
+#   docker run --gpus all --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \
+#       -v "$PWD/my_model_repository:/models" tritonserver-pytorch-python
+#
+# Models then say `backend: "pytorch_python"` in config.pbtxt (otherwise written as for Triton's
+# C++ PyTorch backend). The example repository needs its artifacts built first
+# (`pytorch-backend examples model_repository_examples`, with the same torch version).
+
+# Triton release; 25.10 is based on CUDA 13.0 (Ubuntu 24.04, Python 3.12).
+ARG TRITON_VERSION=25.10
+FROM nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-py3
+
+# torch is pinned here, not in the package metadata. The default is the PyTorch-index CUDA build
+# matching the image's CUDA 13.0 (cu130 wheels exist from torch 2.9). For another Triton release,
+# look up its CUDA version in the release notes and pick the matching index (cu126, cu128, ...),
+# or https://download.pytorch.org/whl/cpu for CPU-only serving. Build the .pt/.pt2 artifacts you
+# serve with the same torch version.
+ARG TORCH_VERSION=2.9.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
+
+# The image's system Python is "externally managed" (PEP 668); this container is its only user.
+ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PIP_NO_CACHE_DIR=1
+
+RUN python3 -m pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+
+# This package (pulls numpy; torch is already satisfied). numpy<2 keeps the Python backend
+# stub's NumPy ABI on the safe side.
+WORKDIR /opt/pytorch_backend
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN python3 -m pip install "numpy<2" . && rm -rf /opt/pytorch_backend
+
+# Install the backend: Triton runs <backends>/pytorch_python/model.py through the Python
+# backend for every model with `backend: "pytorch_python"`.
+COPY src/pytorch_backend/model.py /opt/tritonserver/backends/pytorch_python/model.py
+
+WORKDIR /opt/tritonserver
+CMD ["tritonserver", "--model-repository=/models"]
