@@ -52,7 +52,24 @@ except ImportError as exc:  # pragma: no cover - only reachable inside a misconf
         "the environment the stub runs in: pip install pytorch-backend (and torch)."
     ) from exc
 
-_LOG = pb_utils.Logger
+
+class _Log:
+    """``pb_utils.Logger``, looked up at call time (the stub adds it after importing model.py)."""
+
+    @staticmethod
+    def log_info(message: str) -> None:
+        pb_utils.Logger.log_info(message)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        pb_utils.Logger.log_warn(message)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        pb_utils.Logger.log_error(message)
+
+
+_LOG = _Log
 
 
 class TritonPythonModel:
