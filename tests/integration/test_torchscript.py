@@ -92,7 +92,8 @@ def server(triton, artifacts, tmp_path_factory):
         """,
         {"1/model.pt": a["dict"]},
     )
-    string = "data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [] }"
+    per_item = "dims: [ 1 ] reshape: { shape: [] }"
+    string = f"data_type: TYPE_STRING {per_item}"
     write_model(
         repo,
         "strings",
@@ -101,7 +102,7 @@ def server(triton, artifacts, tmp_path_factory):
         dynamic_batching {{ max_queue_delay_microseconds: 50000 }}
         input [ {{ name: "text" {string} }} ]
         output [ {{ name: "OUTPUT__0" {string} }},
-                 {{ name: "OUTPUT__1" data_type: TYPE_INT64 dims: [ 1 ] reshape: {{ shape: [] }} }} ]
+                 {{ name: "OUTPUT__1" data_type: TYPE_INT64 {per_item} }} ]
         """,
         {"1/model.pt": a["strings"]},
     )
