@@ -1,0 +1,198 @@
+"""config.pbtxt parameters: spellings, defaults, refusals, aliases, unknown-key warnings."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytorch_backend.errors import ModelLoadError
+from pytorch_backend.parameters import (
+    BOOL_KEYS,
+    KNOWN_KEYS,
+    OPTIONAL_BOOL_KEYS,
+    BackendParameters,
+    parse_parameters,
+)
+
+
+def parse(raw: dict[str, str]) -> tuple[BackendParameters, list[str]]:
+    warnings: list[str] = []
+    return parse_parameters("m", raw, warnings.append), warnings
+
+
+def refused(raw: dict[str, str]) -> str:
+    with pytest.raises(ModelLoadError) as info:
+        parse(raw)
+    return str(info.value)
+
+
+def test_defaults_when_absent() -> None:
+    params, warnings = parse({})
+    assert params == BackendParameters()
+    assert params.inference_mode is True
+    assert params.enable_grad is False
+    assert params.disable_optimized_execution is False
+    assert params.enable_jit_executor is None
+    assert params.enable_jit_profiling is None
+    assert params.enable_tensor_fuser is None
+    assert params.enable_nvfuser is None
+    assert params.disable_cudnn is False
+    assert params.enable_cache_cleaning is False
+    assert params.intra_op_thread_count is None
+    assert params.inter_op_thread_count is None
+    assert params.enable_weight_sharing is False
+    assert params.custom_op_libraries == ()
+    assert params.model_filename is None
+    assert params.grad_policy == "inference_mode"
+    assert warnings == []
+
+
+TRUE_SPELLINGS = ["true", "TRUE", "True", "on", "ON", "On", "1"]
+FALSE_SPELLINGS = ["false", "FALSE", "False", "off", "OFF", "0"]
+ALL_BOOL_KEYS = {**BOOL_KEYS, **OPTIONAL_BOOL_KEYS}
+
+
+@pytest.mark.parametrize("key", sorted(ALL_BOOL_KEYS))
+@pytest.mark.parametrize("spelling", TRUE_SPELLINGS)
+def test_bool_true_spellings(key: str, spelling: str) -> None:
+    params, _ = parse({key: spelling})
+    assert getattr(params, ALL_BOOL_KEYS[key]) is True
+
+
+@pytest.mark.parametrize("key", sorted(ALL_BOOL_KEYS))
+@pytest.mark.parametrize("spelling", FALSE_SPELLINGS)
+def test_bool_false_spellings(key: str, spelling: str) -> None:
+    params, _ = parse({key: spelling})
+    assert getattr(params, ALL_BOOL_KEYS[key]) is False
+
+
+@pytest.mark.parametrize("key", sorted(ALL_BOOL_KEYS))
+@pytest.mark.parametrize("bad", ["yes", "no", "2", "", " true", "true ", "enabled", "t", "-1"])
+def test_bool_invalid_values_refused(key: str, bad: str) -> None:
+    message = refused({key: bad})
+    assert "'m'" in message
+    assert f"'{key}'" in message
+    assert repr(bad) in message
+
+
+def test_grad_policies() -> None:
+    assert parse({"INFERENCE_MODE": "false"})[0].grad_policy == "no_grad"
+    assert parse({"INFERENCE_MODE": "true"})[0].grad_policy == "inference_mode"
+    enabled, _ = parse({"ENABLE_GRAD": "true"})
+    assert enabled.grad_policy == "enable_grad"
+    assert enabled.inference_mode is False
+    both, _ = parse({"ENABLE_GRAD": "on", "INFERENCE_MODE": "off"})
+    assert both.grad_policy == "enable_grad"
+    assert parse({"ENABLE_GRAD": "false"})[0].grad_policy == "inference_mode"
+
+
+def test_enable_grad_with_explicit_inference_mode_is_refused() -> None:
+    message = refused({"ENABLE_GRAD": "true", "INFERENCE_MODE": "1"})
+    assert "'ENABLE_GRAD'" in message and "'INFERENCE_MODE'" in message
+    assert "'m'" in message
+
+
+@pytest.mark.parametrize(
+    "key, field",
+    [
+        ("INTRA_OP_THREAD_COUNT", "intra_op_thread_count"),
+        ("NUM_THREADS", "intra_op_thread_count"),
+        ("INTER_OP_THREAD_COUNT", "inter_op_thread_count"),
+        ("NUM_INTEROP_THREADS", "inter_op_thread_count"),
+    ],
+)
+def test_thread_counts(key: str, field: str) -> None:
+    assert getattr(parse({key: "4"})[0], field) == 4
+    assert getattr(parse({key: " 8 "})[0], field) == 8
+    assert getattr(parse({key: "016"})[0], field) == 16
+    assert getattr(parse({key: "0"})[0], field) is None  # 0 = torch's default
+    for bad in ["-1", "4abc", "abc", "", "1.5", "+3", "2147483648", "1e3", "0x10"]:
+        message = refused({key: bad})
+        assert f"'{key}'" in message and repr(bad) in message and "'m'" in message
+
+
+@pytest.mark.parametrize(
+    "key, alias, field",
+    [
+        ("INTRA_OP_THREAD_COUNT", "NUM_THREADS", "intra_op_thread_count"),
+        ("INTER_OP_THREAD_COUNT", "NUM_INTEROP_THREADS", "inter_op_thread_count"),
+    ],
+)
+def test_thread_aliases(key: str, alias: str, field: str) -> None:
+    assert getattr(parse({key: "3", alias: "03"})[0], field) == 3  # same value: fine
+    message = refused({key: "3", alias: "4"})
+    assert f"'{key}'" in message and f"'{alias}'" in message
+    assert "'3'" in message and "'4'" in message
+
+
+def test_custom_op_libraries() -> None:
+    params, _ = parse({"CUSTOM_OP_LIBRARIES": "a.so, /x/b.so:lib/c.so,,"})
+    assert params.custom_op_libraries == ("a.so", "/x/b.so", "lib/c.so")
+    assert parse({"CUSTOM_OP_LIBRARIES": ""})[0].custom_op_libraries == ()
+
+
+def test_model_filename() -> None:
+    assert parse({"MODEL_FILENAME": "weights.pt"})[0].model_filename == "weights.pt"
+    for bad in ["", "  ", "sub/model.pt", "/abs/model.pt", "..", "a\\b.pt"]:
+        message = refused({"MODEL_FILENAME": bad})
+        assert "'MODEL_FILENAME'" in message and repr(bad) in message
+
+
+@pytest.mark.parametrize(
+    "typo, suggestion",
+    [
+        ("INFERENCE_MDOE", "INFERENCE_MODE"),
+        ("inference_mode", "INFERENCE_MODE"),  # keys are case-sensitive
+        ("CACHE_CLEANING_ENABLED", "ENABLE_CACHE_CLEANING"),  # upstream's dead AOTI spelling
+        ("DISABLE_CUDDN", "DISABLE_CUDNN"),
+        ("INTRA_OP_THREADS", "INTRA_OP_THREAD_COUNT"),
+        ("ENABLE_WEIGHTS_SHARING", "ENABLE_WEIGHT_SHARING"),
+    ],
+)
+def test_unknown_key_warns_with_closest_known_key(typo: str, suggestion: str) -> None:
+    params, warnings = parse({typo: "true"})
+    assert params == BackendParameters()
+    assert len(warnings) == 1
+    assert f"'{typo}'" in warnings[0] and f"'{suggestion}'" in warnings[0]
+    assert "'m'" in warnings[0]
+
+
+def test_unknown_key_far_from_everything_lists_known_keys() -> None:
+    _, warnings = parse({"ZZZZ": "1"})
+    assert len(warnings) == 1 and "'ZZZZ'" in warnings[0] and "INFERENCE_MODE" in warnings[0]
+
+
+def test_python_backend_keys_are_known_and_silent() -> None:
+    _, warnings = parse({"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "EXECUTION_ENV_PATH": "$$X/e.tgz"})
+    assert warnings == []
+
+
+def test_torch_compile_parameters_accepted_with_a_note() -> None:
+    params, warnings = parse({"TORCH_COMPILE_OPTIONAL_PARAMETERS": '{"mode": "max-autotune"}'})
+    assert params == BackendParameters()
+    assert len(warnings) == 1 and "'TORCH_COMPILE_OPTIONAL_PARAMETERS'" in warnings[0]
+    assert "no effect" in warnings[0]
+
+
+def test_every_known_key_parses_without_warning() -> None:
+    values = {
+        "CUSTOM_OP_LIBRARIES": "x.so",
+        "MODEL_FILENAME": "model.pt",
+        "INTRA_OP_THREAD_COUNT": "2",
+        "NUM_THREADS": "2",
+        "INTER_OP_THREAD_COUNT": "1",
+        "NUM_INTEROP_THREADS": "1",
+        "FORCE_CPU_ONLY_INPUT_TENSORS": "yes",
+        "EXECUTION_ENV_PATH": "env.tar.gz",
+    }
+    raw = {key: values.get(key, "false") for key in KNOWN_KEYS}
+    del raw["TORCH_COMPILE_OPTIONAL_PARAMETERS"]
+    params, warnings = parse(raw)
+    assert warnings == []
+    assert params.intra_op_thread_count == 2 and params.inter_op_thread_count == 1
+    assert params.grad_policy == "no_grad"
+
+
+def test_parameters_are_frozen() -> None:
+    params = BackendParameters()
+    with pytest.raises(AttributeError):
+        params.inference_mode = False  # type: ignore[misc]
