@@ -1,0 +1,470 @@
+"""``ENABLE_WEIGHT_SHARING`` across instance processes: one copy of a model's CPU weights in RAM.
+
+In the C++ backend the instances of a model are threads sharing one module object. Here every
+instance is its own stub process, so the module cannot be shared; its **tensor memory** can.
+:func:`share_module_weights` puts every CPU parameter, buffer (and TorchScript tensor attribute)
+of a loaded module into one file in ``/dev/shm`` and re-points the module's tensors, in place, at
+a memory map of that file. N instances of one model version then map the same physical pages
+instead of holding N private copies; the private copy each instance loaded is freed.
+
+Protocol (``L`` = ``<name>.lock``, ``D`` = ``<name>.weights``, one pair per key):
+
+* everything that creates, checks or deletes ``D`` happens under an exclusive ``flock`` on ``L``;
+* the first instance writes ``D`` (to a temporary name, then ``rename``), so ``D`` is always
+  complete; later instances reuse it only after checking its layout **and every byte** against
+  their own freshly loaded weights (a stale or foreign file is replaced, never trusted);
+* each live instance holds a shared ``flock`` on ``D`` (the reference count; the kernel drops it
+  if the process dies);
+* :meth:`SharedWeightsInfo.release` (call it from ``finalize``; it also runs at interpreter exit)
+  drops the reference and deletes ``D`` and ``L`` when no other instance holds ``D``. Files left
+  by crashed processes are removed the next time any instance creates a weights file in that
+  directory. Deleting ``D`` never disturbs a running instance: its mapping keeps the pages alive.
+
+Instances map ``D`` copy-on-write (``MAP_PRIVATE``): a model that writes into its own buffers
+(a stateful model, which upstream warns against sharing) only un-shares the pages it writes and
+never changes what the other instances see.
+
+Scope and limits: only CPU tensors are shared. CUDA instances do not share (each process has its
+own CUDA context; device memory cannot be mapped between processes this way): CUDA tensors are
+skipped with a log line. Quantized, sparse, conjugate/negative-bit and empty tensors stay
+private, as do constants that ``torch.jit.freeze`` folded into the graph (they are not module
+attributes any more). The key must identify the artifact (see :func:`weights_key`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import gc
+import hashlib
+import json
+import os
+import re
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .devices import module_tensors
+
+MAGIC = b"PTBKWSH1"
+_HEADER = struct.Struct("<8sQ")
+_ALIGN = 64  # >= the itemsize of every dtype, and cache-line aligned
+_DATA_ALIGN = 4096
+PREFIX = "pytorch_backend_w_"
+
+
+def _align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) // alignment * alignment
+
+
+def weights_key(model_name: str, version: str | int, artifact: str | os.PathLike[str]) -> str:
+    """A key naming one artifact: model, version, resolved path, mtime and size."""
+    path = Path(artifact).resolve()
+    stat = path.stat()
+    return f"{model_name}|{version}|{path}|{stat.st_mtime_ns}|{stat.st_size}"
+
+
+def file_stem(key: str) -> str:
+    """File name stem for ``key``: readable model-name part plus a hash of key and user id."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", key.split("|", 1)[0])[:40]
+    digest = hashlib.sha256(f"{os.getuid()}|{key}".encode()).hexdigest()[:24]
+    return f"{PREFIX}{readable}_{digest}"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    tensor: torch.Tensor
+    storage: int  # index into the plan's storages
+    offset: int  # element offset inside its original storage
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+@dataclass
+class _Plan:
+    storages: list[torch.UntypedStorage] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # byte offset of each storage in the file
+    entries: list[_Entry] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+
+    def manifest(self, key: str) -> bytes:
+        return json.dumps(
+            {
+                "key": key,
+                "total": self.total,
+                "storages": [[o, s.nbytes()] for o, s in zip(self.offsets, self.storages)],
+                "tensors": [
+                    [e.storage, str(e.tensor.dtype), e.offset, list(e.size), list(e.stride)]
+                    for e in self.entries
+                ],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+
+def _skip_reason(tensor: torch.Tensor) -> str | None:
+    if tensor.device.type != "cpu":
+        return f"on {tensor.device.type}"
+    if tensor.layout != torch.strided:
+        return "not strided"
+    if tensor.is_quantized:
+        return "quantized"
+    if tensor.is_conj() or tensor.is_neg():
+        return "conjugate/negative view"
+    if tensor.untyped_storage().nbytes() == 0:
+        return "empty"
+    return None
+
+
+def _plan(module: Any) -> _Plan:
+    plan = _Plan()
+    seen_tensors: set[int] = set()
+    storage_index: dict[int, int] = {}
+    cursor = 0
+    for tensor in module_tensors(module):
+        if tensor._cdata in seen_tensors:
+            continue
+        seen_tensors.add(tensor._cdata)
+        reason = _skip_reason(tensor)
+        if reason is not None:
+            plan.skipped[reason] = plan.skipped.get(reason, 0) + 1
+            continue
+        storage = tensor.untyped_storage()
+        index = storage_index.get(storage.data_ptr())
+        if index is None:
+            index = storage_index[storage.data_ptr()] = len(plan.storages)
+            cursor = _align(cursor, _ALIGN)
+            plan.storages.append(storage)
+            plan.offsets.append(cursor)
+            cursor += storage.nbytes()
+        plan.entries.append(
+            _Entry(
+                tensor=tensor,
+                storage=index,
+                offset=tensor.storage_offset(),
+                size=tuple(tensor.size()),
+                stride=tuple(tensor.stride()),
+            )
+        )
+    plan.total = cursor
+    return plan
+
+
+def _bytes_of(storage: torch.UntypedStorage) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+
+def _lock(path: Path, *, blocking: bool = True) -> int | None:
+    """Exclusive flock on ``path`` (created if missing); None if busy and not blocking."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(fd)
+        if current is not None and (current.st_ino, current.st_dev) == (
+            opened.st_ino,
+            opened.st_dev,
+        ):
+            return fd
+        os.close(fd)  # the lock file was deleted and recreated meanwhile: lock the new one
+        if not blocking:
+            return None
+
+
+def _unused(path: Path) -> bool:
+    """True when no process holds a shared lock on the weights file ``path`` (or it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(directory: Path, log: Callable[[str], None], keep: Path | None = None) -> int:
+    """Delete weights files of this backend in ``directory`` that no live process holds."""
+    removed = 0
+    for lock_path in directory.glob(f"{PREFIX}*.lock"):
+        if keep is not None and lock_path == keep:
+            continue
+        fd = _lock(lock_path, blocking=False)
+        if fd is None:
+            continue
+        try:
+            data_path = lock_path.with_suffix(".weights")
+            if _unused(data_path):
+                existed = data_path.exists()
+                _remove(data_path)
+                _remove(lock_path)
+                removed += int(existed)
+                if existed:
+                    log(f"pytorch_backend: removed unused shared weights file {data_path}")
+        finally:
+            os.close(fd)
+    for tmp in directory.glob(f"{PREFIX}*.weights.tmp.*"):
+        pid = tmp.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            _remove(tmp)
+    return removed
+
+
+class _Holder:
+    """One instance's reference to a weights file: a shared flock on its open descriptor."""
+
+    def __init__(self, data_path: Path, lock_path: Path, fd: int) -> None:
+        self.data_path = data_path
+        self.lock_path = lock_path
+        self.fd: int | None = fd
+        self._mutex = threading.Lock()
+        _HOLDERS.add(self)
+
+    def release(self) -> bool:
+        """Drop the reference; delete the files if no other instance holds them."""
+        with self._mutex:
+            if self.fd is None:
+                return False
+            lock_fd = _lock(self.lock_path)
+            try:
+                os.close(self.fd)  # drops this instance's shared lock
+                self.fd = None
+                deleted = False
+                if _unused(self.data_path):
+                    deleted = self.data_path.exists()
+                    _remove(self.data_path)
+                    _remove(self.lock_path)
+                return deleted
+            finally:
+                if lock_fd is not None:
+                    os.close(lock_fd)
+                _HOLDERS.discard(self)
+
+
+_HOLDERS: set[_Holder] = set()  # strong: a holder lives as long as its mapping may be in use
+
+
+@atexit.register
+def _release_all() -> None:
+    for holder in list(_HOLDERS):
+        with contextlib.suppress(OSError):
+            holder.release()
+
+
+@dataclass(frozen=True)
+class SharedWeightsInfo:
+    """Result of :func:`share_module_weights`. ``path`` is None when nothing was shared."""
+
+    path: Path | None
+    nbytes: int
+    created: bool
+    tensors: int = 0  # tensors now backed by the shared file
+    skipped: int = 0  # tensors left private (see the module docstring)
+    _holder: _Holder | None = field(default=None, repr=False, compare=False)
+
+    def release(self) -> bool:
+        """Drop this instance's reference (call from ``finalize``); idempotent.
+
+        Returns True when this was the last instance and the file was deleted.
+        """
+        return self._holder.release() if self._holder is not None else False
+
+
+def _write(path: Path, plan: _Plan, manifest: bytes) -> int:
+    data_start = _align(_HEADER.size + len(manifest), _DATA_ALIGN)
+    total = data_start + max(plan.total, 1)
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(_HEADER.pack(MAGIC, len(manifest)))
+            handle.write(manifest)
+            for offset, storage in zip(plan.offsets, plan.storages):
+                handle.seek(data_start + offset)
+                handle.write(memoryview(_bytes_of(storage).numpy()))
+            handle.truncate(total)
+        os.rename(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return data_start
+
+
+def _read_header(fd: int) -> tuple[bytes, int] | None:
+    head = os.pread(fd, _HEADER.size, 0)
+    if len(head) != _HEADER.size:
+        return None
+    magic, length = _HEADER.unpack(head)
+    if magic != MAGIC or length > 1 << 30:
+        return None
+    manifest = os.pread(fd, length, _HEADER.size)
+    return manifest, _align(_HEADER.size + length, _DATA_ALIGN)
+
+
+def _matches(mapped: torch.Tensor, data_start: int, plan: _Plan) -> bool:
+    for offset, storage in zip(plan.offsets, plan.storages):
+        begin = data_start + offset
+        region = mapped[begin : begin + storage.nbytes()]
+        if not torch.equal(region, _bytes_of(storage)):
+            return False
+    return True
+
+
+def _map(path: Path, size: int) -> torch.Tensor:
+    # shared=False: MAP_PRIVATE on a read-only descriptor, i.e. copy-on-write pages of the file.
+    return torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
+
+
+def _repoint(plan: _Plan, mapped: torch.Tensor, data_start: int) -> None:
+    storage = mapped.untyped_storage()
+    for entry in plan.entries:
+        tensor = entry.tensor
+        byte_offset = data_start + plan.offsets[entry.storage]
+        element_offset = byte_offset // tensor.element_size() + entry.offset
+        guard = torch.inference_mode() if tensor.is_inference() else torch.no_grad()
+        with guard:
+            tensor.set_(storage, element_offset, entry.size, entry.stride)
+
+
+def _malloc_trim() -> None:
+    """Return freed heap memory to the OS (glibc keeps it otherwise)."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
+def share_module_weights(
+    module: Any,
+    key: str,
+    log: Callable[[str], None],
+    directory: Path = Path("/dev/shm"),
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> SharedWeightsInfo:
+    """Back the CPU tensors of ``module`` (nn.Module or ScriptModule) by a file shared by key.
+
+    Works in place: the module object stays the same and its forward gives identical results.
+    Every instance of one model version (same ``key``, e.g. from :func:`weights_key`) calls this
+    right after loading, and :meth:`SharedWeightsInfo.release` from ``finalize``. If the file
+    cannot be written (e.g. ``/dev/shm`` is full) the weights stay private and ``warn`` (default
+    ``log``) says why; the load does not fail.
+    """
+    warn = warn or log
+    plan = _plan(module)
+    skipped = sum(plan.skipped.values())
+    if plan.skipped:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(plan.skipped.items()))
+        log(f"pytorch_backend: weight sharing leaves {skipped} tensor(s) private ({reasons})")
+    if not plan.entries:
+        log("pytorch_backend: weight sharing: the module has no CPU tensors to share")
+        return SharedWeightsInfo(None, 0, False, 0, skipped)
+
+    directory = Path(directory)
+    stem = file_stem(key)
+    data_path = directory / f"{stem}.weights"
+    lock_path = directory / f"{stem}.lock"
+    manifest = plan.manifest(key)
+    created = False
+    try:
+        lock_fd = _lock(lock_path) if directory.is_dir() else None
+    except OSError as exc:
+        warn(f"pytorch_backend: weight sharing disabled: cannot lock {lock_path}: {exc}")
+        return SharedWeightsInfo(None, 0, False, 0, skipped)
+    if lock_fd is None:
+        warn(f"pytorch_backend: weight sharing disabled: {directory} is not a directory")
+        return SharedWeightsInfo(None, 0, False, 0, skipped)
+    data_fd: int | None = None
+    try:
+        mapped: torch.Tensor | None = None
+        data_start = 0
+        try:
+            data_fd = os.open(data_path, os.O_RDONLY)
+        except FileNotFoundError:
+            data_fd = None
+        if data_fd is not None:
+            fcntl.flock(data_fd, fcntl.LOCK_SH)
+            header = _read_header(data_fd)
+            size = os.fstat(data_fd).st_size
+            if header is not None and header[0] == manifest and size >= header[1] + plan.total:
+                data_start = header[1]
+                mapped = _map(data_path, size)
+                if not _matches(mapped, data_start, plan):
+                    mapped = None
+            if mapped is None:
+                log(f"pytorch_backend: replacing stale shared weights file {data_path}")
+                os.close(data_fd)
+                data_fd = None
+        if mapped is None:
+            sweep(directory, log, keep=lock_path)
+            try:
+                data_start = _write(data_path, plan, manifest)
+            except OSError as exc:  # e.g. ENOSPC: /dev/shm is full
+                warn(f"pytorch_backend: weight sharing disabled: cannot write {data_path}: {exc}")
+                return SharedWeightsInfo(None, 0, False, 0, skipped)
+            created = True
+            data_fd = os.open(data_path, os.O_RDONLY)
+            fcntl.flock(data_fd, fcntl.LOCK_SH)
+            mapped = _map(data_path, os.fstat(data_fd).st_size)
+        _repoint(plan, mapped, data_start)
+        holder = _Holder(data_path, lock_path, data_fd)
+        data_fd = None
+    finally:
+        if data_fd is not None:
+            os.close(data_fd)
+        os.close(lock_fd)
+
+    tensors, nbytes = len(plan.entries), plan.total
+    plan = _Plan()  # drop the last references to the private storages
+    gc.collect()
+    _malloc_trim()
+    log(
+        f"pytorch_backend: weight sharing: {tensors} tensor(s), {_mib(nbytes)} "
+        f"{'written to' if created else 'mapped from'} {data_path}"
+    )
+    return SharedWeightsInfo(data_path, nbytes, created, tensors, skipped, holder)
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.1f} MiB"
