@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,8 +21,8 @@ from pytorch_backend.runtime import (
     apply_runtime_settings,
     execution_context,
 )
+from tests.custom_op import build_op_library
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / ".test-artifacts"
 CPU = torch.device("cpu")
 
 
@@ -349,57 +346,6 @@ def test_cache_cleaning_is_a_no_op_on_cpu() -> None:
 
 
 # --- custom op libraries ------------------------------------------------------------------------
-
-OP_SOURCE = r"""
-#include <ATen/ATen.h>
-#include <torch/library.h>
-
-static at::Tensor add_one(const at::Tensor& x) { return x + 1; }
-
-TORCH_LIBRARY(pbtest, m) { m.def("add_one(Tensor x) -> Tensor", add_one); }
-"""
-
-
-def build_op_library() -> Path:
-    """Compile a one-op library with g++ (~10 s), cached under .test-artifacts/ by source+torch."""
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.skip("no C++ compiler")
-    torch_dir = Path(torch.__file__).parent
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    command = [
-        compiler,
-        "-O1",
-        "-shared",
-        "-fPIC",
-        "-std=c++20",
-        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-        f"-I{torch_dir / 'include'}",
-        f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
-        "SOURCE",
-        "-o",
-        "OUTPUT",
-        f"-L{torch_dir / 'lib'}",
-        "-lc10",
-        "-ltorch_cpu",
-        f"-Wl,-rpath,{torch_dir / 'lib'}",
-    ]
-    digest = hashlib.sha256(
-        (OP_SOURCE + torch.__version__ + " ".join(command)).encode()
-    ).hexdigest()[:16]
-    target_dir = ARTIFACTS / "custom_op" / digest
-    library = target_dir / "libpbtest_ops.so"
-    if library.exists():
-        return library
-    target_dir.mkdir(parents=True, exist_ok=True)
-    source = target_dir / "ops.cpp"
-    source.write_text(OP_SOURCE)
-    tmp = target_dir / f"libpbtest_ops.so.tmp{os.getpid()}"
-    argv = [str(source) if a == "SOURCE" else str(tmp) if a == "OUTPUT" else a for a in command]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    os.replace(tmp, library)
-    return library
 
 
 @pytest.mark.usefixtures("restore_torch_globals")
