@@ -38,7 +38,12 @@ try:
     import torch
 
     from pytorch_backend.config import parse_model_config
-    from pytorch_backend.devices import InstanceStream, resolve_instance_device
+    from pytorch_backend.devices import (
+        InstanceStream,
+        activate_device,
+        module_devices,
+        resolve_instance_device,
+    )
     from pytorch_backend.engine import InferenceEngine, RequestInputs
     from pytorch_backend.errors import PyTorchBackendError, RequestError
     from pytorch_backend.executors.torchscript import TorchScriptExecutor
@@ -85,15 +90,21 @@ class TritonPythonModel:
             int(args.get("model_instance_device_id", 0) or 0),
             config.name,
         )
+        activate_device(device)
         apply_runtime_settings(
             params, config, instance_name=instance, device=device, log=_LOG.log_info
         )
         version_dir = Path(args["model_repository"]) / args["model_version"]
         path = artifact_path(config, version_dir, params.model_filename)
         executor = build_executor(config, path, device)
+        self._shared_weights = None
         if params.enable_weight_sharing:
-            self._share_weights(executor, config.name, args["model_version"], path, device, prefix)
-        stream = InstanceStream(device)
+            self._shared_weights = _share_weights(
+                executor, config.name, args["model_version"], path, device, prefix
+            )
+        module = getattr(executor, "module", None)
+        # KIND_MODEL: one stream per GPU the model's tensors live on (none on CPU).
+        stream = InstanceStream(device if device is not None else module_devices(module))
 
         @contextlib.contextmanager
         def context():
@@ -124,6 +135,8 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self._engine = None
+        if self._shared_weights is not None:
+            self._shared_weights.release()
 
     # -- conversion between Triton and torch ---------------------------------------------------
 
@@ -158,19 +171,23 @@ class TritonPythonModel:
                 tensors.append(pb_utils.Tensor.from_dlpack(name, value))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
-    @staticmethod
-    def _share_weights(executor, model: str, version: str, path: Path, device, prefix: str):
-        from pytorch_backend.weight_sharing import share_module_weights
 
-        if not isinstance(executor, TorchScriptExecutor) or device is None or device.type != "cpu":
-            _LOG.log_info(
-                f"{prefix}: ENABLE_WEIGHT_SHARING applies to TorchScript models on "
-                "KIND_CPU instances only; this instance keeps its own weights"
-            )
-            return
-        stat = path.stat()
-        key = f"{model}-{version}-{stat.st_size}-{stat.st_mtime_ns}"
-        share_module_weights(executor.module, key, log=lambda m: _LOG.log_info(f"{prefix}: {m}"))
+def _share_weights(executor, model: str, version: str, path: Path, device, prefix: str):
+    """ENABLE_WEIGHT_SHARING: map CPU weights from one shared file (see weight_sharing.py)."""
+    from pytorch_backend.weight_sharing import share_module_weights, weights_key
+
+    if not isinstance(executor, TorchScriptExecutor) or device is None or device.type != "cpu":
+        _LOG.log_info(
+            f"{prefix}: ENABLE_WEIGHT_SHARING applies to TorchScript models on "
+            "KIND_CPU instances; this instance keeps its own weights"
+        )
+        return None
+    return share_module_weights(
+        executor.module,
+        weights_key(model, version, path),
+        log=lambda m: _LOG.log_info(f"{prefix}: {m}"),
+        warn=lambda m: _LOG.log_warn(f"{prefix}: {m}"),
+    )
 
 
 def _triton_error(model: str, error: PyTorchBackendError):
