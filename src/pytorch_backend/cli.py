@@ -1,0 +1,210 @@
+"""The ``pytorch-backend`` command: serve a model repository, build examples, write backends.
+
+Every user error ends with one line on stderr (``pytorch-backend: error: ...``) and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Optional
+
+from .server import (
+    BackendAssemblyError,
+    ModelStatus,
+    ServerError,
+    TritonServer,
+    TritonServerNotFoundError,
+    assemble_backends,
+    find_tritonserver,
+    port_in_use,
+)
+
+EXAMPLES_MARKER = ".pytorch_backend_examples"
+DEFAULT_EXAMPLES_REPO = "model_repository_examples"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 1."""
+
+
+def _build_examples(repo: Path) -> object:
+    try:
+        from .examples import build_examples
+    except ImportError as error:
+        raise CliError(f"cannot build examples: {error}") from None
+    try:
+        return build_examples(repo)
+    except Exception as error:  # one line for the user; the cause is in the message
+        raise CliError(f"building examples in {repo} failed: {error}") from None
+
+
+def _describe_built(repo: Path, built: object) -> str:
+    if isinstance(built, Mapping):
+        items = [f"{key}: {value}" for key, value in built.items()]
+    elif isinstance(built, (list, tuple, set, frozenset)):
+        items = [str(item) for item in built]
+    else:
+        items = []
+    if not items and isinstance(built, (list, tuple)):
+        return f"examples in {repo.absolute()} are up to date\n"
+    lines = [f"built examples in {repo.absolute()}"] + [f"  {item}" for item in items]
+    return "\n".join(lines) + "\n"
+
+
+def _check_repository(repo: Path) -> None:
+    if not repo.exists():
+        raise CliError(f"model repository {repo} does not exist")
+    if not repo.is_dir():
+        raise CliError(f"model repository {repo} is not a folder")
+
+
+def _check_ports(ports: Mapping[str, int]) -> None:
+    seen: dict[int, str] = {}
+    for flag, port in ports.items():
+        if not 0 < port < 65536:
+            raise CliError(f"{flag} {port} is not a valid port number")
+        if port in seen:
+            raise CliError(f"{seen[port]} and {flag} are both {port}; give each its own port")
+        seen[port] = flag
+        if port_in_use(port):
+            raise CliError(f"port {port} ({flag}) is already in use; choose another with {flag}")
+
+
+def _describe_models(models: Sequence[ModelStatus]) -> list[str]:
+    if not models:
+        return ["  models: none"]
+    lines = ["  models:"]
+    for model in models:
+        version = f" (version {model.version})" if model.version else ""
+        state = model.state or "UNKNOWN"
+        reason = " ".join(model.reason.split())
+        lines.append(f"    {model.name}{version}: {state}" + (f" - {reason}" if reason else ""))
+    return lines
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve(args: argparse.Namespace) -> int:
+    repo = Path(args.repo)
+    _check_repository(repo)
+    ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port}
+    _check_ports({**ports, "--metrics-port": args.metrics_port})
+    server_path = find_tritonserver()
+    if args.build_examples or (repo / EXAMPLES_MARKER).exists():
+        sys.stdout.write(_describe_built(repo, _build_examples(repo)))
+        sys.stdout.flush()
+    extra = [f"--log-verbose={args.log_verbose}"] if args.log_verbose else []
+    with tempfile.TemporaryDirectory(prefix="pytorch-backend-") as tmp:
+        backends = assemble_backends(Path(tmp) / "backends", server_path)
+        server = TritonServer(
+            repo,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            log=sys.stdout,
+            extra_args=extra,
+            server=server_path,
+            backend_directory=backends,
+        )
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+        try:
+            server.start()
+            models = server.wait_ready(timeout=None)
+            summary = [
+                "pytorch-backend: tritonserver is ready",
+                f"  HTTP     http://localhost:{args.http_port}",
+                f"  gRPC     localhost:{args.grpc_port}",
+                f"  metrics  http://localhost:{args.metrics_port}/metrics",
+                *_describe_models(models),
+                "pytorch-backend: serving; press Ctrl-C to stop",
+            ]
+            sys.stdout.write("\n".join(summary) + "\n")
+            sys.stdout.flush()
+            code = _wait_for_exit(server)
+            raise CliError(f"tritonserver exited unexpectedly with code {code}")
+        except ServerError as error:
+            raise CliError(f"{error.summary} (its log is above)") from None
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            sys.stdout.write("pytorch-backend: stopping tritonserver\n")
+            sys.stdout.flush()
+            return 0
+        finally:
+            server.stop()
+
+
+def _wait_for_exit(server: TritonServer) -> int:
+    while server.returncode is None:
+        time.sleep(0.5)
+    return server.returncode
+
+
+def _examples(args: argparse.Namespace) -> int:
+    repo = Path(args.repo)
+    sys.stdout.write(_describe_built(repo, _build_examples(repo)))
+    return 0
+
+
+def _backends(args: argparse.Namespace) -> int:
+    dest = assemble_backends(Path(args.dest), find_tritonserver())
+    print(dest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``pytorch-backend``."""
+    parser = argparse.ArgumentParser(
+        prog="pytorch-backend",
+        description="Serve TorchScript and AOT-Inductor models on Triton (Python backend).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run tritonserver on a model repository")
+    serve.add_argument("repo", metavar="REPO", help="the model repository folder")
+    serve.add_argument("--http-port", type=int, default=8000, metavar="PORT")
+    serve.add_argument("--grpc-port", type=int, default=8001, metavar="PORT")
+    serve.add_argument("--metrics-port", type=int, default=8002, metavar="PORT")
+    serve.add_argument("--log-verbose", type=int, default=0, metavar="N", help="server log level")
+    serve.add_argument(
+        "--build-examples",
+        action="store_true",
+        help=f"build the example models first (automatic when REPO holds {EXAMPLES_MARKER})",
+    )
+    serve.set_defaults(func=_serve)
+
+    examples = commands.add_parser("examples", help="build the example model repository")
+    examples.add_argument("repo", metavar="REPO", nargs="?", default=DEFAULT_EXAMPLES_REPO)
+    examples.set_defaults(func=_examples)
+
+    backends = commands.add_parser(
+        "backends", help="write a backends folder for tritonserver --backend-directory"
+    )
+    backends.add_argument("dest", metavar="DEST")
+    backends.set_defaults(func=_backends)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``pytorch-backend`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, TritonServerNotFoundError, BackendAssemblyError) as error:
+        print(f"pytorch-backend: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # interrupted before serving started
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Shared fixtures for integration tests: a real tritonserver started on free ports.
+
+Fixtures:
+- ``tritonserver_path`` (session): the server binary; skips the test when none is found.
+- ``backends_dir`` (session): the assembled ``--backend-directory`` (``python/`` and
+  ``pytorch_python/model.py``), built once per session.
+- ``triton`` (module): ``start(repo, **kwargs) -> RunningServer``; kwargs go to
+  ``TritonServer`` (``extra_args``, ``env_overrides``...) except ``timeout`` (readiness wait,
+  default 180 s). Servers run with ``strip_locale=True`` and ``--exit-timeout-secs=5`` (a later
+  value in ``extra_args`` wins), log to a file, and stop at module end.
+- ``free_ports`` (function): ``free_ports(n)`` returns n distinct TCP ports free right now.
+
+Every test in this folder is marked ``integration``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from pytorch_backend.server import (
+    ModelStatus,
+    ServerError,
+    TritonServer,
+    TritonServerNotFoundError,
+    assemble_backends,
+    find_tritonserver,
+)
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that are free right now (all bound at once, then released)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("0.0.0.0", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class RunningServer:
+    """A started, ready tritonserver as seen by a test."""
+
+    def __init__(self, server: TritonServer, log_path: Path) -> None:
+        self.server = server
+        self.log_path = log_path
+        self.http_url = f"localhost:{server.http_port}"
+        self.grpc_url = f"localhost:{server.grpc_port}"
+        self.metrics_url = f"http://localhost:{server.metrics_port}/metrics"
+
+    def log_text(self) -> str:
+        """Everything the server printed so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def models(self) -> list[ModelStatus]:
+        return self.server.models()
+
+    def model(self, name: str) -> ModelStatus:
+        """The (first) index entry of model ``name``."""
+        matches = [m for m in self.models() if m.name == name]
+        assert matches, f"model {name!r} is not in the repository index"
+        return matches[0]
+
+    def stop(self) -> int | None:
+        """Stop the server (idempotent); return its exit code."""
+        return self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def tritonserver_path() -> Path:
+    try:
+        return find_tritonserver()
+    except TritonServerNotFoundError as error:
+        pytest.skip(f"integration test needs tritonserver: {error}")
+
+
+@pytest.fixture(scope="session")
+def backends_dir(tritonserver_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return assemble_backends(tmp_path_factory.mktemp("backends"), tritonserver_path)
+
+
+@pytest.fixture
+def free_ports() -> Callable[[int], list[int]]:
+    return _free_ports
+
+
+@pytest.fixture(scope="module")
+def triton(
+    tritonserver_path: Path, backends_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., RunningServer]]:
+    started: list[RunningServer] = []
+
+    def start(repo: Path, *, timeout: float = 180.0, **kwargs: object) -> RunningServer:
+        log_path = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
+        kwargs.setdefault("strip_locale", True)
+        # open client connections delay shutdown by --exit-timeout-secs: keep that short
+        kwargs["extra_args"] = ("--exit-timeout-secs=5", *kwargs.get("extra_args", ()))
+        http_port, grpc_port, metrics_port = _free_ports(3)
+        server = TritonServer(
+            Path(repo),
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            log=log_path,
+            server=tritonserver_path,
+            backend_directory=backends_dir,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        running = RunningServer(server, log_path)
+        started.append(running)
+        server.start()
+        try:
+            server.wait_ready(timeout=timeout)
+        except ServerError as error:
+            server.stop()
+            pytest.fail(f"tritonserver did not start for {repo}: {error}", pytrace=False)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
