@@ -29,6 +29,7 @@ def _use_utf8_locale() -> None:
 _use_utf8_locale()
 
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -90,11 +91,14 @@ class TritonPythonModel:
             int(args.get("model_instance_device_id", 0) or 0),
             config.name,
         )
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        # Relative CUSTOM_OP_LIBRARIES entries are relative to the version directory.
+        libraries = tuple(str(version_dir / lib) for lib in params.custom_op_libraries)
+        params = dataclasses.replace(params, custom_op_libraries=libraries)
         activate_device(device)
         apply_runtime_settings(
             params, config, instance_name=instance, device=device, log=_LOG.log_info
         )
-        version_dir = Path(args["model_repository"]) / args["model_version"]
         path = artifact_path(config, version_dir, params.model_filename)
         executor = build_executor(config, path, device)
         self._shared_weights = None

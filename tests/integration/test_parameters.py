@@ -403,11 +403,6 @@ def test_default_thread_budget_split_between_cpu_instances(server, protocol):
 # --- custom op libraries ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: relative CUSTOM_OP_LIBRARIES paths are not resolved against the version "
-    "directory (runtime.load_custom_op_libraries checks them against the stub's cwd)",
-)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_custom_op_library_relative_to_the_version_directory(server, protocol):
     status = server.model("op_relative")
