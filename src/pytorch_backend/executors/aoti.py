@@ -14,7 +14,7 @@ Loading:
    tensors, which always fail the last check (device) and so never execute, and parse the
    failure: this yields the batch range (``batch_range``) and checks the config's dtypes and fixed
    dims against the package. A last real run on zeros verifies that every bound output is a tensor
-   (with a batch dimension when batching).
+   of the config's dtype (with a batch dimension when batching).
 
 Running: inputs are flattened in leaf order and made contiguous. Batches below the exported
 minimum (AOTI compiles ``Dim(min=1)`` as a lower bound of 2) are padded by repeating the last
@@ -40,7 +40,7 @@ import torch
 
 from ..callspec import CallSpec, CallSpecError, load_error, parse_call_spec, resolve_bindings
 from ..config import ModelConfig, TensorSpec
-from ..dtypes import TRITON_TO_TORCH
+from ..dtypes import TRITON_TO_TORCH, triton_name
 from ..errors import ExecutionError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -425,7 +425,8 @@ class AotiExecutor:
         )
 
     def _dummy_run(self, fills: list[list[int]]) -> None:
-        """One real run on zeros: every bound output must be a tensor (batched when batching)."""
+        """One real run on zeros: every bound output must be a tensor of the config's dtype (with
+        the batch as dim 0 when batching)."""
         tensors = [
             torch.zeros(shape, dtype=self._dtype(i), device=self.input_device)
             for i, shape in enumerate(fills)
@@ -442,6 +443,13 @@ class AotiExecutor:
                 raise self.config.error(
                     f"output '{name}' ({self.call_spec.outputs[index].describe()}) is "
                     f"{type(value).__name__}, not a tensor; only tensor outputs can be served"
+                )
+            declared = self.config.output(name).dtype
+            if value.dtype != TRITON_TO_TORCH.get(declared):
+                raise self.config.error(
+                    f"configuration expects datatype TYPE_{declared} for output '{name}' "
+                    f"({self.call_spec.outputs[index].describe()}), model provides "
+                    f"{triton_name(value.dtype)}"
                 )
             if batch is not None and (value.dim() == 0 or value.shape[0] != batch):
                 raise self.config.error(
