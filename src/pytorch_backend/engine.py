@@ -163,23 +163,26 @@ class InferenceEngine:
 
     def _run(self, group: list[_Valid]) -> list[tuple[_Valid, Outcome]]:
         try:
-            outputs = self._forward(group)
-        except PyTorchBackendError as exc:  # our own checks: deterministic, no point retrying
-            return [(valid, exc) for valid in group]
-        except Exception as exc:  # the model raised
+            batch = {name: self._gather(name, spec, group) for name, spec in self._inputs.items()}
+            with self._context():
+                outputs = self.executor.run(batch)
+        except Exception as exc:  # the forward failed: find the request(s) it fails for
             if len(group) > 1:
                 middle = len(group) // 2
                 return self._run(group[:middle]) + self._run(group[middle:])
-            error = ExecutionError(
-                f"model '{self.config.name}' failed: {type(exc).__name__}: {exc}"
-            )
-            return [(group[0], error)]
-        return list(zip(group, self._split(group, outputs)))
+            return [(group[0], self._forward_error(exc))]
+        try:
+            checked = self._check_outputs(group, outputs)
+        except PyTorchBackendError as exc:  # what the model returned is wrong for every request
+            return [(valid, exc) for valid in group]
+        return list(zip(group, self._split(group, checked)))
 
-    def _forward(self, group: list[_Valid]) -> dict[str, Value]:
-        batch = {name: self._gather(name, spec, group) for name, spec in self._inputs.items()}
-        with self._context():
-            outputs = self.executor.run(batch)
+    def _forward_error(self, exc: Exception) -> PyTorchBackendError:
+        if isinstance(exc, PyTorchBackendError):
+            return exc
+        return ExecutionError(f"model '{self.config.name}' failed: {type(exc).__name__}: {exc}")
+
+    def _check_outputs(self, group: list[_Valid], outputs: Mapping[str, Value]) -> dict[str, Value]:
         needed: set[str] = set()
         for valid in group:
             needed |= valid.request.requested_outputs or self._all_outputs

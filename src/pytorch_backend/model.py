@@ -30,7 +30,6 @@ _use_utf8_locale()
 
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -123,7 +122,7 @@ class TritonPythonModel:
         kind = "AOT-Inductor package" if config.is_aoti else "TorchScript"
         where = device if device is not None else "the model's own devices (KIND_MODEL)"
         _LOG.log_info(f"{prefix}: loaded {kind} '{path}' on {where}")
-        for line in _binding_lines(executor):
+        for line in executor.describe_bindings():
             _LOG.log_info(f"{prefix}: {line}")
 
     def execute(self, requests: list) -> list:
@@ -202,13 +201,3 @@ def _triton_error(model: str, error: PyTorchBackendError):
     if code is None:
         return pb_utils.TritonError(message)
     return pb_utils.TritonError(message, code)
-
-
-def _binding_lines(executor) -> list[str]:
-    lines = []
-    for kind in ("inputs", "outputs"):
-        binding = getattr(executor, kind, None)
-        if binding is not None and hasattr(binding, "convention"):
-            names = json.dumps(dict(binding.positions))
-            lines.append(f"{kind} bound by {binding.convention}: {names}")
-    return lines

@@ -476,3 +476,18 @@ def test_bad_requests_get_clear_errors_and_server_keeps_serving(server, protocol
     check_outputs(infer(protocol, server, "complex_forward", good), FWD_OUT, reference)
     x = np.ones((1, 3), np.float32)
     np.testing.assert_allclose(infer(protocol, server, "padded", {"ARGS[0]": x})["RESULT"], x * 3)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_input_outside_the_exported_range_is_the_clients_error(server, protocol):
+    """The package's own input check rejecting a request maps to INVALID_ARG, not INTERNAL."""
+    with pytest.raises(InferenceServerException) as info:
+        infer(protocol, server, "padded", {"ARGS[0]": np.ones((2, 40), np.float32)})
+    assert str(info.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT"), info.value.status()
+
+
+def test_log_names_call_spec_bindings(server):
+    log = server.log_text().replace('\\"', '"')  # the server log escapes quotes
+    assert "model 'complex_ordinal' instance 'complex_ordinal_0': inputs bound to call-spec " in log
+    assert '"INPUT__5": "KWARGS[scale] (= INPUT__5)"' in log
+    assert '"OUTPUT__4": "RESULT[extra][t][1] (= OUTPUT__4)"' in log

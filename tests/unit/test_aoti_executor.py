@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pytorch_backend.config import parse_model_config
-from pytorch_backend.errors import ExecutionError, ModelLoadError
+from pytorch_backend.errors import ModelLoadError, RequestError
 from pytorch_backend.executors.aoti import AotiExecutor
 from tests import aoti_models as models
 
@@ -142,7 +142,7 @@ def test_input_checks_stay_on_and_env_is_restored(complex_exec):
     assert "AOTI_RUNTIME_CHECK_INPUTS" not in os.environ
     inputs = models.complex_example(4)
     inputs["ARGS[2][beta]"] = torch.zeros(4, 5)  # wrong feature size: must not run unchecked
-    with pytest.raises(ExecutionError, match=r"input_handles\[4\] is input 'ARGS\[2\]\[beta\]'"):
+    with pytest.raises(RequestError, match=r"input_handles\[4\] is input 'ARGS\[2\]\[beta\]'"):
         complex_exec.run(inputs)
 
 
@@ -168,7 +168,7 @@ def test_padded_model(padded_exec, batch, features):
 
 
 def test_padded_model_above_exported_max_fails_cleanly(padded_exec):
-    with pytest.raises(ExecutionError, match=r"model 'aoti'.*too large at 0.*<= 16"):
+    with pytest.raises(RequestError, match=r"model 'aoti'.*too large at 0.*<= 16"):
         padded_exec.run({"ARGS[0]": torch.zeros(17, 3)})
 
 

@@ -208,3 +208,26 @@ def test_context_and_after_execute_hooks_wrap_each_execution():
     )
     engine.infer([req(x=torch.ones(1, 2)), req(x=torch.ones(1, 2))])
     assert events == ["enter", "exit", "after"]
+
+
+class _RejectsNines:
+    """An executor whose forward raises a backend error when any value is 9 (like AOTI checks)."""
+
+    input_device = torch.device("cpu")
+
+    def run(self, inputs):
+        if bool((inputs["x"] == 9).any()):
+            raise RequestError("model 'm': value 9 is outside what the package accepts")
+        return {"y": inputs["x"] * 2}
+
+
+def test_backend_errors_raised_by_the_forward_are_isolated_too():
+    cfg = parse_model_config(
+        {"name": "m", "max_batch_size": 8, "input": [fp32("x")], "output": [fp32("y")]}
+    )
+    engine = InferenceEngine(cfg, _RejectsNines())
+    xs = [torch.ones(1, 2), torch.full((1, 2), 9.0), torch.ones(2, 2)]
+    out = engine.infer([req(x=x) for x in xs])
+    assert isinstance(out[1], RequestError) and "value 9" in str(out[1])
+    torch.testing.assert_close(out[0]["y"], xs[0] * 2)
+    torch.testing.assert_close(out[2]["y"], xs[2] * 2)

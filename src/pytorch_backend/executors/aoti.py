@@ -41,7 +41,7 @@ import torch
 from ..callspec import CallSpec, CallSpecError, load_error, parse_call_spec, resolve_bindings
 from ..config import ModelConfig, TensorSpec
 from ..dtypes import TRITON_TO_TORCH, triton_name
-from ..errors import ExecutionError, ModelLoadError
+from ..errors import ExecutionError, ModelLoadError, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +220,11 @@ class AotiExecutor:
         try:
             outputs = self._loader.run(flat)
         except Exception as e:  # noqa: BLE001 - the runner raises RuntimeError and others
-            raise ExecutionError(
-                f"model '{self.config.name}': AOT-Inductor execution failed: {self._explain(e)}"
-            ) from e
+            text = self._explain(e)
+            # The package's own input checks (shape outside the exported range...) are the
+            # request's fault; the engine bisects a batch to find which request it was.
+            error = RequestError if _CHECK_RE.search(str(e)) else ExecutionError
+            raise error(f"model '{self.config.name}': AOT-Inductor execution failed: {text}") from e
         result: dict[str, Any] = {}
         for name, index in self.bindings.outputs.items():
             value = outputs[index]
@@ -233,6 +235,15 @@ class AotiExecutor:
                 )
             result[name] = value[:batch] if pad else value
         return result
+
+    def describe_bindings(self) -> list[str]:
+        leaves_in, leaves_out = self.call_spec.inputs, self.call_spec.outputs
+        inputs = {name: leaves_in[i].describe() for i, name in enumerate(self.bindings.inputs)}
+        outputs = {name: leaves_out[i].describe() for name, i in self.bindings.outputs.items()}
+        return [
+            f"inputs bound to call-spec leaves: {json.dumps(inputs)}",
+            f"outputs bound to call-spec leaves: {json.dumps(outputs)}",
+        ]
 
     # -- loading -----------------------------------------------------------------------------
 

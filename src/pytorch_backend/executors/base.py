@@ -20,3 +20,7 @@ class Executor(Protocol):
     def run(self, inputs: Mapping[str, Value]) -> dict[str, Value]:
         """Run the model. Raises :class:`~pytorch_backend.errors.ExecutionError` on bad outputs."""
         ...
+
+    def describe_bindings(self) -> list[str]:
+        """Human-readable lines saying which config name feeds/reads which model slot."""
+        ...

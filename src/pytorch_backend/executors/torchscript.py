@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,3 +93,9 @@ class TorchScriptExecutor:
                 )
             out[name] = values[position]
         return out
+
+    def describe_bindings(self) -> list[str]:
+        return [
+            f"{kind} bound by {binding.convention}: {json.dumps(dict(binding.positions))}"
+            for kind, binding in (("inputs", self.inputs), ("outputs", self.outputs))
+        ]
