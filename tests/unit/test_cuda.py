@@ -198,3 +198,54 @@ def test_weight_sharing_skips_cuda_tensors(gpu: torch.device, tmp_path: Path) ->
     assert any("2 on cuda" in line for line in logs)
     assert module.weight.device == gpu
     info.release()
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.full((3,), 2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+def _batched_config() -> ModelConfig:
+    return parse_model_config(
+        {
+            "name": "m",
+            "max_batch_size": 4,
+            "input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [3]}],
+            "output": [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": [3]}],
+        }
+    )
+
+
+def test_kind_gpu_torchscript_saved_on_cuda0_runs_on_the_instance_gpu(tmp_path: Path) -> None:
+    """A model saved on cuda:0 is loaded with map_location onto the instance's GPU; CPU inputs
+    are moved there, gathered, run on the instance stream and split back on that GPU."""
+    from pytorch_backend.engine import InferenceEngine, RequestInputs
+    from pytorch_backend.loader import build_executor
+
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(_Scale().to("cuda:0")), str(path))
+    target = torch.device("cuda", torch.cuda.device_count() - 1)
+    executor = build_executor(_batched_config(), path, target)
+    assert {p.device for p in executor.module.parameters()} == {target}
+    assert executor.input_device == target
+    stream = InstanceStream(target)
+    engine = InferenceEngine(_batched_config(), executor, context=lambda: stream)
+    xs = [torch.rand(1, 3), torch.rand(2, 3)]
+    out = engine.infer([RequestInputs({"INPUT__0": x}) for x in xs])
+    for x, o in zip(xs, out):
+        assert o["OUTPUT__0"].device == target
+        torch.testing.assert_close(o["OUTPUT__0"].cpu(), x * 2)
+
+
+def test_kind_model_keeps_saved_cuda_devices_and_takes_cpu_inputs(tmp_path: Path) -> None:
+    from pytorch_backend.loader import build_executor
+
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(_Scale().to("cuda:0")), str(path))
+    executor = build_executor(_batched_config(), path, None)
+    assert {p.device for p in executor.module.parameters()} == {torch.device("cuda", 0)}
+    assert executor.input_device == torch.device("cpu")
