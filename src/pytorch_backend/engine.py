@@ -65,6 +65,9 @@ class InferenceEngine:
             spec.name: TRITON_TO_TORCH.get(spec.dtype) for spec in (*config.inputs, *config.outputs)
         }
         self._all_outputs = frozenset(spec.name for spec in config.outputs)
+        self._output_specs = {spec.name: spec for spec in config.outputs}
+        batch_dim = (-1,) if config.batching else ()
+        self._expected_shapes = {spec.name: batch_dim + spec.shape for spec in config.inputs}
 
     # -- public -------------------------------------------------------------------------------
 
@@ -151,7 +154,7 @@ class InferenceEngine:
                     f"the model expects TYPE_{spec.dtype}"
                 )
             shape = tuple(value.shape)
-        expected = ((-1,) if self.config.batching else ()) + spec.shape
+        expected = self._expected_shapes[spec.name]
         if len(shape) != len(expected) or any(e not in (-1, s) for e, s in zip(expected, shape)):
             raise RequestError(
                 f"input '{spec.name}' has shape {_shape_text(shape)}; the model "
@@ -197,7 +200,7 @@ class InferenceEngine:
         return tensor.to(self.executor.input_device, non_blocking=True)
 
     def _check_output(self, name: str, value: object, total: int) -> Value:
-        spec = self.config.output(name)
+        spec = self._output_specs[name]
         batching = self.config.batching
         if spec.is_string:
             strings = check_string_list(name, value)
