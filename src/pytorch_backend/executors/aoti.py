@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from .. import artifacts
 from ..callspec import CallSpec, CallSpecError, load_error, parse_call_spec, resolve_bindings
 from ..config import ModelConfig, TensorSpec
 from ..dtypes import TRITON_TO_TORCH, triton_name
@@ -97,33 +98,6 @@ def _parse_check(message: str) -> _Check | None:
     if "stride" in text or "device" in text:
         return _Check(leaf, "layout", text)
     return None
-
-
-def describe_file(path: Path) -> str | None:
-    """What ``path`` is when it is not an AOTInductor package; ``None`` when it is one."""
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head[:1] == b"\x80":
-            return "a legacy (non-zip) torch.save/pickle file"
-        return "not a zip archive (not a PyTorch file at all)"
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        if any("/data/aotinductor/" in n for n in names):
-            return None
-        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
-            return (
-                "a TorchScript archive (torch.jit.save); serve it with platform 'pytorch_libtorch'"
-            )
-        formats = [n for n in names if n.endswith("archive_format")]
-        if formats and zf.read(formats[0]).strip() == b"pt2":
-            return (
-                "a PT2 archive without AOTInductor code (e.g. torch.export.save of an "
-                "ExportedProgram); compile it with torch._inductor.aoti_compile_and_package"
-            )
-        if any(n.endswith("data.pkl") for n in names):
-            return "a torch.save checkpoint (zip), not a compiled model"
-    return "a zip archive that is not a PyTorch file"
 
 
 def _package_device_key(path: Path) -> str | None:
@@ -254,8 +228,8 @@ class AotiExecutor:
             raise self.config.error(f"model file '{path}' does not exist (expected {expected})")
         if not path.is_file():
             raise self.config.error(f"model file '{path}' is not a regular file")
-        what = describe_file(path)
-        if what is not None:
+        if artifacts.identify(path) != artifacts.AOTI:
+            what = artifacts.describe(path)
             raise self.config.error(f"model file '{path}' is {what}; expected {expected}")
 
     def _load(self, device: torch.device) -> Any:

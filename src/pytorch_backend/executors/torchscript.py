@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from .. import artifacts
 from ..config import ModelConfig
 from ..errors import ExecutionError, ModelLoadError
 from ..naming import Binding, Signature, bind_inputs, bind_outputs
 from .base import Value
-
-
-def describe_artifact(path: Path) -> str:
-    """A short guess of what a model file is, for load errors."""
-    if not zipfile.is_zipfile(path):
-        return "not a zip archive (TorchScript files and .pt2 packages are zip archives)"
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    if any("/aotinductor/" in n or n.endswith(".wrapper.so") for n in names):
-        return 'an AOT-Inductor package (.pt2): set platform: "torch_aoti" to serve it'
-    if any(n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py") for n in names):
-        return "a TorchScript archive"
-    if any(n.endswith("/data.pkl") for n in names):
-        return (
-            "a torch.save() checkpoint, not TorchScript: export it with "
-            "torch.jit.script/trace + torch.jit.save, or torch.export + AOT Inductor"
-        )
-    return "a zip archive of unknown layout"
 
 
 def load_torchscript(
@@ -42,7 +24,7 @@ def load_torchscript(
     except Exception as exc:
         raise ModelLoadError(
             f"model '{config.name}': cannot load '{path}' as TorchScript: it is "
-            f"{describe_artifact(path)} ({type(exc).__name__}: "
+            f"{artifacts.describe(path)} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''})"
         ) from None
     module.eval()
