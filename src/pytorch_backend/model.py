@@ -50,7 +50,7 @@ try:
     from pytorch_backend.loader import artifact_path, build_executor
     from pytorch_backend.parameters import parse_parameters
     from pytorch_backend.runtime import after_execute, apply_runtime_settings, execution_context
-    from pytorch_backend.strings import Strings, decode_strings, encode_strings
+    from pytorch_backend.strings import decode_strings, encode_strings
 except ImportError as exc:  # pragma: no cover - only reachable inside a misconfigured stub
     raise ImportError(
         f"pytorch_backend cannot be imported by the Python backend stub ({exc}). Install it in "
@@ -152,10 +152,7 @@ class TritonPythonModel:
                 if spec is not None and spec.is_string:
                     inputs[name] = decode_strings(name, tensor.as_numpy())
                     continue
-                try:
-                    inputs[name] = torch.from_dlpack(tensor.to_dlpack())
-                except Exception:  # BYTES tensors have no DLPack form
-                    inputs[name] = Strings([], tuple(tensor.shape()))
+                inputs[name] = torch.from_dlpack(tensor.to_dlpack())
             requested = request.requested_output_names()
         except PyTorchBackendError as exc:
             return exc

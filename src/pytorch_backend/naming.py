@@ -54,10 +54,6 @@ def named_index(name: str) -> int | None:
     return int(tail) if sep and tail.isdigit() else None
 
 
-def _positions(specs: Sequence[TensorSpec], index_of) -> dict[str, int]:
-    return {spec.name: index_of(i, spec.name) for i, spec in enumerate(specs)}
-
-
 def _check_indices(
     config: ModelConfig, kind: str, positions: Mapping[str, int], count: int | None, accepted: str
 ) -> None:
@@ -76,15 +72,17 @@ def _check_indices(
         seen[index] = name
 
 
-def _describe(names: Sequence[str], prefix: str) -> str:
-    ordinal = ", ".join(f"{prefix}__{i}" for i in range(len(names)))
+def _accepted_inputs(names: Sequence[str]) -> str:
     if not names:
         return "no arguments"
-    return (
-        f"forward-argument names ({', '.join(names)}) or {ordinal}"
-        if prefix == "INPUT"
-        else ordinal
-    )
+    ordinal = ", ".join(f"INPUT__{i}" for i in range(len(names)))
+    return f"forward-argument names ({', '.join(names)}) or {ordinal}"
+
+
+def _accepted_outputs(count: int | None) -> str:
+    if count is None:
+        return "an unknown number of outputs"
+    return f"{count} output(s): " + ", ".join(f"OUTPUT__{i}" for i in range(count))
 
 
 def bind_inputs(config: ModelConfig, signature: Signature) -> Binding:
@@ -108,7 +106,7 @@ def bind_inputs(config: ModelConfig, signature: Signature) -> Binding:
                 f"forward argument '{arg}' has type {kind}; supported are Tensor, "
                 "List[str], or a single Dict[str, Tensor]"
             )
-    accepted = _describe(names, "INPUT")
+    accepted = _accepted_inputs(names)
     if len(config.inputs) != len(names):
         raise config.error(
             f"the configuration declares {len(config.inputs)} inputs but forward "
@@ -138,10 +136,9 @@ def bind_outputs(config: ModelConfig, signature: Signature) -> Binding:
     config_names = [s.name for s in config.outputs]
     returned = signature.output_types
     count = None if returned is None else len(returned)
-    accepted = (f"{count} output(s): " + _describe(["?"] * count, "OUTPUT")) if count else "?"
     if all(named_index(n) is not None for n in config_names):
         positions = {n: named_index(n) for n in config_names}
-        _check_indices(config, "output", positions, count, accepted)
+        _check_indices(config, "output", positions, count, _accepted_outputs(count))
         binding = Binding(NAMED_INDEX, MappingProxyType(positions))
     else:
         if count is not None and len(config_names) > count:
