@@ -30,10 +30,12 @@ from pathlib import Path
 import torch
 
 from pytorch_backend.config import parse_model_config
-from pytorch_backend.engine import InferenceEngine, RequestInputs
-from pytorch_backend.executors.torchscript import TorchScriptExecutor
-from pytorch_backend.parameters import BackendParameters
-from pytorch_backend.runtime import execution_context
+from pytorch_backend.config.parameters import BackendParameters
+from pytorch_backend.engine import InferenceEngine
+from pytorch_backend.executors.torchscript.executor import TorchScriptExecutor
+from pytorch_backend.hooks import Hooks
+from pytorch_backend.requests import RequestInputs
+from pytorch_backend.runtime.execution import GradPolicyHook
 
 REQUEST_COUNTS = (1, 8, 32)
 ROUNDS = 21  # interleaved timing rounds per case
@@ -140,7 +142,7 @@ def measure(name: str, requests: int, min_time: float) -> Row:
     config = parse_model_config(_config(name, features_in, features_out))
     executor = TorchScriptExecutor(config, module, input_device=torch.device("cpu"))
     params = BackendParameters()  # defaults: inference mode, optimized execution
-    engine = InferenceEngine(config, executor, context=lambda: execution_context(params))
+    engine = InferenceEngine(config, executor, Hooks([GradPolicyHook(params)]))
     tensors = [torch.randn(1, features_in) for _ in range(requests)]
     batch = torch.cat(tensors)
     batch_requests = [RequestInputs({"INPUT__0": t}) for t in tensors]

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pytorch_backend.server import (
+from pytorch_backend.serving.server import (
     ServerError,
     TritonServer,
     TritonServerNotFoundError,

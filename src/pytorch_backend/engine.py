@@ -3,35 +3,24 @@
 Each request is validated on its own (a bad one gets its own error); valid requests with
 compatible shapes are gathered with one ``torch.cat`` per input, run once, and every output is
 split back into per-request views. If the batched forward raises, the batch is bisected so only
-the offending request(s) get the error. Nothing here knows about Triton.
+the offending request(s) get the error. What runs around a forward or after an execute comes from
+:mod:`pytorch_backend.hooks`. Nothing here knows about Triton.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager as ContextManager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
 from .config import ModelConfig, TensorSpec
-from .dtypes import TRITON_TO_TORCH, triton_name
-from .errors import ExecutionError, PyTorchBackendError, RequestError
-from .executors.base import Executor, Value
+from .config.dtypes import TRITON_TO_TORCH, triton_name
+from .errors import ExecutionError, ModelFailure, PyTorchBackendError, RequestError
+from .executors.base import Executor
+from .hooks import ExecuteStats, Hooks
+from .requests import InputValue, Outcome, RequestInputs, Value
 from .strings import Strings, check_string_list
-
-InputValue = Union[torch.Tensor, Strings]
-Outcome = Union[dict[str, Value], PyTorchBackendError]
-
-
-@dataclass(frozen=True)
-class RequestInputs:
-    """One request: its named inputs and the outputs it asked for (``None``: all)."""
-
-    inputs: Mapping[str, InputValue]
-    requested_outputs: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,14 +41,12 @@ class InferenceEngine:
         self,
         config: ModelConfig,
         executor: Executor,
-        *,
-        context: Callable[[], ContextManager[object]] = contextlib.nullcontext,
-        after_execute: Callable[[], None] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
-        self._context = context
-        self._after_execute = after_execute
+        self.hooks = hooks if hooks is not None else Hooks()
+        self._forwards = 0
         self._inputs = {spec.name: spec for spec in config.inputs}
         self._dtypes = {
             spec.name: TRITON_TO_TORCH.get(spec.dtype) for spec in (*config.inputs, *config.outputs)
@@ -75,25 +62,32 @@ class InferenceEngine:
         """One outcome per request, in order: a dict of requested outputs, or an error."""
         outcomes: list[Outcome | None] = [None] * len(requests)
         groups: dict[object, list[_Valid]] = {}
+        rejected = rows = 0
         for index, request in enumerate(requests):
             if isinstance(request, PyTorchBackendError):
                 outcomes[index] = request
+                rejected += 1
                 continue
             try:
                 batch_size, key = self._validate(request)
             except RequestError as exc:
                 outcomes[index] = exc
+                rejected += 1
                 continue
             # Batching models gather requests whose non-batch shapes agree; others run alone.
             group_key = key if self.config.batching else ("single", index)
             groups.setdefault(group_key, []).append(_Valid(index, request, batch_size))
+            rows += batch_size
+        self._forwards = 0
         try:
             for group in groups.values():
                 for valid, outcome in self._run(group):
                     outcomes[valid.index] = outcome
         finally:
-            if self._after_execute is not None:
-                self._after_execute()
+            failed = sum(isinstance(o, PyTorchBackendError) for o in outcomes)
+            self.hooks.after_execute(
+                ExecuteStats(len(requests), rejected, failed, self._forwards, rows)
+            )
         return outcomes  # type: ignore[return-value]
 
     # -- validation ---------------------------------------------------------------------------
@@ -167,7 +161,8 @@ class InferenceEngine:
     def _run(self, group: list[_Valid]) -> list[tuple[_Valid, Outcome]]:
         try:
             batch = {name: self._gather(name, spec, group) for name, spec in self._inputs.items()}
-            with self._context():
+            self._forwards += 1
+            with self.hooks.forward():
                 outputs = self.executor.run(batch)
         except Exception as exc:  # the forward failed: find the request(s) it fails for
             if len(group) > 1:
@@ -183,7 +178,7 @@ class InferenceEngine:
     def _forward_error(self, exc: Exception) -> PyTorchBackendError:
         if isinstance(exc, PyTorchBackendError):
             return exc
-        return ExecutionError(f"model '{self.config.name}' failed: {type(exc).__name__}: {exc}")
+        return ModelFailure(f"{type(exc).__name__}: {exc}", model=self.config.name)
 
     def _check_outputs(self, group: list[_Valid], outputs: Mapping[str, Value]) -> dict[str, Value]:
         needed: set[str] = set()

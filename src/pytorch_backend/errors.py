@@ -1,10 +1,37 @@
-"""Exception types shared by every layer; the adapter maps them to Triton error codes."""
+"""Exception types shared by every layer; the adapter maps them to Triton error codes.
+
+An error carries the model (and, once known, the instance) as fields; its text names the model
+exactly once, in the form its class defines, so no layer writes the ``model '<name>'`` prefix by
+hand.
+"""
 
 from __future__ import annotations
 
 
 class PyTorchBackendError(Exception):
     """Base class of all errors raised by this package."""
+
+    #: How the text reads once the model is known.
+    template = "model '{model}': {message}"
+
+    def __init__(self, message: str, *, model: str | None = None, instance: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.model = model
+        self.instance = instance
+
+    def __str__(self) -> str:
+        if self.model is None:
+            return self.message
+        return self.template.format(model=self.model, message=self.message)
+
+    def for_model(self, model: str, instance: str | None = None) -> PyTorchBackendError:
+        """This error with the model (and instance) filled in where they are still unknown."""
+        if self.model is None:
+            self.model = model
+        if self.instance is None:
+            self.instance = instance
+        return self
 
 
 class ModelLoadError(PyTorchBackendError):
@@ -16,4 +43,10 @@ class RequestError(PyTorchBackendError):
 
 
 class ExecutionError(PyTorchBackendError):
-    """The model failed while running, or returned something the config does not allow."""
+    """The model returned something the config does not allow, or the runner failed."""
+
+
+class ModelFailure(ExecutionError):
+    """The model's forward raised for this request."""
+
+    template = "model '{model}' failed: {message}"

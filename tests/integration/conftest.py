@@ -22,7 +22,7 @@ from typing import Callable
 
 import pytest
 
-from pytorch_backend.server import (
+from pytorch_backend.serving.server import (
     ModelStatus,
     ServerError,
     TritonServer,

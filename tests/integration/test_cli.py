@@ -46,7 +46,7 @@ class TritonPythonModel:
 
 def _cli() -> list[str]:
     script = shutil.which("pytorch-backend", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "pytorch_backend.cli"]
+    return [script] if script else [sys.executable, "-m", "pytorch_backend.serving.cli"]
 
 
 def _write_repo(root: Path) -> Path:

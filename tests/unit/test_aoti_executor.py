@@ -11,7 +11,7 @@ import torch
 
 from pytorch_backend.config import parse_model_config
 from pytorch_backend.errors import ModelLoadError, RequestError
-from pytorch_backend.executors.aoti import AotiExecutor
+from pytorch_backend.executors.aoti.executor import AotiExecutor
 from tests import aoti_models as models
 
 CPU = torch.device("cpu")
@@ -82,10 +82,13 @@ def test_complex_load_reports_range_device_and_names(complex_exec):
     # Dim("batch", min=1, max=8): AOTI's runtime check has a lower bound of 2 (0/1 specialisation)
     assert complex_exec.batch_range == (2, 8)
     assert complex_exec.input_device == CPU
-    fwd_in = list(models.COMPLEX_INPUTS)
-    assert complex_exec.accepted_input_names == (*fwd_in, *(f"INPUT__{i}" for i in range(6)))
-    fwd_out = list(models.COMPLEX_OUTPUTS)
-    assert complex_exec.accepted_output_names == (*fwd_out, *(f"OUTPUT__{i}" for i in range(5)))
+    spec = complex_exec.call_spec
+    assert [leaf.name for leaf in spec.inputs] == list(models.COMPLEX_INPUTS)
+    assert [leaf.ordinal for leaf in spec.inputs] == [f"INPUT__{i}" for i in range(6)]
+    assert [leaf.name for leaf in spec.outputs] == list(models.COMPLEX_OUTPUTS)
+    assert [leaf.ordinal for leaf in spec.outputs] == [f"OUTPUT__{i}" for i in range(5)]
+    assert complex_exec.capabilities.batch_range == (2, 8)
+    assert set(complex_exec.capabilities.warmup_shapes) == set(complex_exec.bindings.inputs)
 
 
 @pytest.mark.parametrize("batch", [1, 2, 4, 8])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_backend import artifacts
+from pytorch_backend.executors import artifacts
 from tests import aoti_models, ts_models
 
 

@@ -10,17 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytorch_backend.config import ModelConfig, parse_model_config
-from pytorch_backend.devices import (
+from pytorch_backend.config import InstanceKind, ModelConfig, ModelKind, parse_model_config
+from pytorch_backend.config.parameters import BackendParameters, parse_parameters
+from pytorch_backend.errors import ModelLoadError
+from pytorch_backend.executors.base import LoadContext
+from pytorch_backend.executors.registry import REGISTRY
+from pytorch_backend.hooks import ExecuteStats, Hooks
+from pytorch_backend.logs import InstanceLog
+from pytorch_backend.runtime.devices import (
     InstanceStream,
     activate_device,
     kind_model_placement,
     resolve_instance_device,
 )
-from pytorch_backend.errors import ModelLoadError
-from pytorch_backend.parameters import BackendParameters, parse_parameters
-from pytorch_backend.runtime import after_execute, apply_runtime_settings
-from pytorch_backend.weight_sharing import share_module_weights
+from pytorch_backend.runtime.execution import CacheCleaningHook, StreamHook
+from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
+from pytorch_backend.runtime.settings import apply_runtime_settings, cache_cleaning_applies
+from pytorch_backend.runtime.weight_sharing import share_module_weights
 
 pytestmark = [
     pytest.mark.cuda,
@@ -55,36 +61,37 @@ def config(parameters: dict[str, str] | None = None) -> ModelConfig:
 
 def test_gpu_device_resolution() -> None:
     count = torch.cuda.device_count()
-    assert resolve_instance_device("GPU", 0, "m") == torch.device("cuda", 0)
-    assert resolve_instance_device("KIND_GPU", count - 1, "m") == torch.device("cuda", count - 1)
+    gpu = InstanceKind.GPU
+    assert resolve_instance_device(gpu, 0, "m") == torch.device("cuda", 0)
+    assert resolve_instance_device(gpu, count - 1, "m") == torch.device("cuda", count - 1)
     for bad in (count, -1):
         with pytest.raises(ModelLoadError) as info:
-            resolve_instance_device("GPU", bad, "m")
+            resolve_instance_device(gpu, bad, "m")
         assert "model 'm'" in str(info.value) and f"device id {bad}" in str(info.value)
 
 
 def test_cpu_instance_never_initialises_cuda() -> None:
     code = (
         "import torch\n"
-        "from pytorch_backend.config import ModelConfig, parse_model_config\n"
-        "from pytorch_backend.devices import resolve_instance_device, InstanceStream,"
+        "from pytorch_backend.config import InstanceKind, parse_model_config\n"
+        "from pytorch_backend.runtime.devices import resolve_instance_device, InstanceStream,"
         " activate_device\n"
-        "from pytorch_backend.parameters import parse_parameters\n"
-        "from pytorch_backend.runtime import apply_runtime_settings, execution_context,"
-        " after_execute\n"
+        "from pytorch_backend.config.parameters import parse_parameters\n"
+        "from pytorch_backend.runtime.settings import apply_runtime_settings\n"
+        "from pytorch_backend.runtime.execution import execution_context\n"
         "cfg = parse_model_config({'name': 'm', 'platform': 'pytorch_libtorch',"
         " 'input': [{'name': 'I', 'data_type': 'TYPE_FP32', 'dims': [2]}],"
         " 'output': [{'name': 'O', 'data_type': 'TYPE_FP32', 'dims': [2]}],"
         " 'parameters': {'ENABLE_CACHE_CLEANING': {'string_value': 'true'},"
         " 'DISABLE_CUDNN': {'string_value': 'true'}}})\n"
         "params = parse_parameters('m', cfg.parameters, print)\n"
-        "device = resolve_instance_device('CPU', 0, 'm')\n"
+        "device = resolve_instance_device(InstanceKind.CPU, 0, 'm')\n"
         "activate_device(device)\n"
-        "apply_runtime_settings(params, cfg, instance_name='m_0', device=device, log=print)\n"
+        "settings = apply_runtime_settings(params, cfg, device)\n"
+        "assert not settings.cache_cleaning\n"
         "stream = InstanceStream(device)\n"
         "with stream, execution_context(params):\n"
         "    torch.ones(2) + 1\n"
-        "after_execute(params, device)\n"
         "print('initialised', torch.cuda.is_initialized())\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -134,15 +141,14 @@ def test_cudnn_toggle(gpu: torch.device) -> None:
     cfg = config({"DISABLE_CUDNN": "true"})
     logs: list[str] = []
     params = parse_parameters("m", cfg.parameters, logs.append)
-    settings = apply_runtime_settings(params, cfg, instance_name="m_0", device=gpu, log=logs.append)
+    settings = apply_runtime_settings(params, cfg, gpu)
     assert settings.cudnn_enabled is False and torch.backends.cudnn.enabled is False
+    logs = effective_lines(EffectiveSettings(params, settings, gpu, 0, "false"))
     assert any("DISABLE_CUDNN = true (cuDNN disabled" in line for line in logs)
     conv = torch.nn.Conv2d(3, 4, 3).to(gpu)
     image = torch.randn(1, 3, 16, 16, device=gpu)
     without = conv(image)
-    settings = apply_runtime_settings(
-        BackendParameters(), config(), instance_name="m_0", device=gpu, log=logs.append
-    )
+    settings = apply_runtime_settings(BackendParameters(), config(), gpu)
     assert settings.cudnn_enabled is True and torch.backends.cudnn.enabled is True
     assert torch.allclose(conv(image), without, atol=1e-4)
 
@@ -157,17 +163,16 @@ def test_cache_cleaning_releases_reserved_memory(gpu: torch.device) -> None:
         assert reserved >= 256 * MIB
         return reserved
 
+    stats = ExecuteStats(1, 0, 0, 1, 1)
     reserved = fill_cache()
-    assert after_execute(BackendParameters(), gpu) is False
+    Hooks().after_execute(stats)
     assert torch.cuda.memory_reserved(gpu) == reserved  # off: the cache is kept
     cleaning = BackendParameters(enable_cache_cleaning=True)
-    assert after_execute(cleaning, gpu) is True
+    assert cache_cleaning_applies(cleaning, gpu) is True
+    Hooks([CacheCleaningHook()]).after_execute(stats)
     assert torch.cuda.memory_reserved(gpu) <= reserved - 256 * MIB
-
-    reserved = fill_cache()
-    assert after_execute(cleaning, None) is True  # KIND_MODEL on a host with GPUs
-    assert torch.cuda.memory_reserved(gpu) <= reserved - 256 * MIB
-    assert after_execute(cleaning, torch.device("cpu")) is False
+    assert cache_cleaning_applies(cleaning, None) is True  # KIND_MODEL on a host with GPUs
+    assert cache_cleaning_applies(cleaning, torch.device("cpu")) is False
 
 
 def test_kind_model_placement_on_a_gpu_host(gpu: torch.device) -> None:
@@ -180,12 +185,12 @@ def test_kind_model_placement_on_a_gpu_host(gpu: torch.device) -> None:
 
 
 def test_gpu_instance_settings_log(gpu: torch.device) -> None:
-    logs: list[str] = []
-    cfg = config({"ENABLE_WEIGHT_SHARING": "true", "ENABLE_CACHE_CLEANING": "true"})
-    params = parse_parameters("m", cfg.parameters, logs.append)
-    settings = apply_runtime_settings(params, cfg, instance_name="m_0", device=gpu, log=logs.append)
-    assert settings.weight_sharing is False and settings.cache_cleaning is True
-    assert "pytorch_backend: model 'm' instance 'm_0': device = cuda:0" in logs
+    cfg = config({"ENABLE_CACHE_CLEANING": "true"})
+    params = parse_parameters("m", cfg.parameters, lambda _: None)
+    settings = apply_runtime_settings(params, cfg, gpu)
+    assert settings.cache_cleaning is True
+    logs = effective_lines(EffectiveSettings(params, settings, gpu, 0, "false"))
+    assert "device = cuda:0" in logs
     assert any("ENABLE_CACHE_CLEANING = true (torch.cuda.empty_cache()" in line for line in logs)
 
 
@@ -220,20 +225,25 @@ def _batched_config() -> ModelConfig:
     )
 
 
+def _load(path: Path, device: torch.device | None):
+    context = LoadContext(_batched_config(), path, device, InstanceLog("m"))
+    return REGISTRY[ModelKind.TORCHSCRIPT].load(context)
+
+
 def test_kind_gpu_torchscript_saved_on_cuda0_runs_on_the_instance_gpu(tmp_path: Path) -> None:
     """A model saved on cuda:0 is loaded with map_location onto the instance's GPU; CPU inputs
     are moved there, gathered, run on the instance stream and split back on that GPU."""
-    from pytorch_backend.engine import InferenceEngine, RequestInputs
-    from pytorch_backend.loader import build_executor
+    from pytorch_backend.engine import InferenceEngine
+    from pytorch_backend.requests import RequestInputs
 
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(_Scale().to("cuda:0")), str(path))
     target = torch.device("cuda", torch.cuda.device_count() - 1)
-    executor = build_executor(_batched_config(), path, target)
+    executor = _load(path, target)
     assert {p.device for p in executor.module.parameters()} == {target}
     assert executor.input_device == target
     stream = InstanceStream(target)
-    engine = InferenceEngine(_batched_config(), executor, context=lambda: stream)
+    engine = InferenceEngine(_batched_config(), executor, Hooks([StreamHook(stream)]))
     xs = [torch.rand(1, 3), torch.rand(2, 3)]
     out = engine.infer([RequestInputs({"INPUT__0": x}) for x in xs])
     for x, o in zip(xs, out):
@@ -242,10 +252,8 @@ def test_kind_gpu_torchscript_saved_on_cuda0_runs_on_the_instance_gpu(tmp_path: 
 
 
 def test_kind_model_keeps_saved_cuda_devices_and_takes_cpu_inputs(tmp_path: Path) -> None:
-    from pytorch_backend.loader import build_executor
-
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(_Scale().to("cuda:0")), str(path))
-    executor = build_executor(_batched_config(), path, None)
+    executor = _load(path, None)
     assert {p.device for p in executor.module.parameters()} == {torch.device("cuda", 0)}
     assert executor.input_device == torch.device("cpu")

@@ -5,38 +5,40 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytorch_backend.devices import (
+from pytorch_backend.config import InstanceKind
+from pytorch_backend.errors import ModelLoadError
+from pytorch_backend.runtime.devices import (
     InstanceStream,
     kind_model_placement,
     module_devices,
     module_tensors,
     resolve_instance_device,
 )
-from pytorch_backend.errors import ModelLoadError
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA behaviour")
 
 
 @pytest.mark.parametrize("kind", ["CPU", "cpu", "KIND_CPU"])
 def test_cpu_kind(kind: str) -> None:
-    assert resolve_instance_device(kind, 0, "m") == torch.device("cpu")
-    assert resolve_instance_device(kind, 3, "m") == torch.device("cpu")
+    assert InstanceKind.parse(kind) is InstanceKind.CPU
+    assert resolve_instance_device(InstanceKind.parse(kind), 0, "m") == torch.device("cpu")
+    assert resolve_instance_device(InstanceKind.CPU, 3, "m") == torch.device("cpu")
 
 
 @pytest.mark.parametrize("kind", ["MODEL", "KIND_MODEL"])
 def test_model_kind_leaves_the_choice_to_the_model(kind: str) -> None:
-    assert resolve_instance_device(kind, 0, "m") is None
+    assert resolve_instance_device(InstanceKind.parse(kind), 0, "m") is None
 
 
 def test_unknown_kind_refused() -> None:
-    with pytest.raises(ModelLoadError, match=r"model 'm'.*'TPU'"):
-        resolve_instance_device("TPU", 0, "m")
+    with pytest.raises(ValueError, match="'TPU'"):
+        InstanceKind.parse("TPU")
 
 
 @no_cuda
 def test_gpu_kind_without_cuda_fails_clearly() -> None:
     with pytest.raises(ModelLoadError) as info:
-        resolve_instance_device("GPU", 1, "m")
+        resolve_instance_device(InstanceKind.GPU, 1, "m")
     message = str(info.value)
     assert "model 'm'" in message and "GPU" in message and "device 1" in message
     assert "CUDA is not available" in message and "KIND_CPU" in message

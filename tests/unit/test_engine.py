@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from pytorch_backend.config import parse_model_config
-from pytorch_backend.engine import InferenceEngine, RequestInputs
+from pytorch_backend.engine import InferenceEngine
 from pytorch_backend.errors import ExecutionError, RequestError
-from pytorch_backend.executors.torchscript import TorchScriptExecutor
+from pytorch_backend.executors.base import Capabilities
+from pytorch_backend.executors.torchscript.executor import TorchScriptExecutor
+from pytorch_backend.hooks import ExecuteStats, Hook, Hooks
+from pytorch_backend.requests import RequestInputs
 from pytorch_backend.strings import Strings, decode_strings
 from tests import ts_models
 
@@ -189,8 +192,9 @@ def test_non_utf8_string_is_a_request_error():
         decode_strings("text", np.array([b"\xff\xfe"], dtype=object))
 
 
-def test_context_and_after_execute_hooks_wrap_each_execution():
+def test_hooks_wrap_each_forward_and_observe_each_execute():
     events = []
+    stats = []
 
     class Ctx:
         def __enter__(self):
@@ -199,25 +203,51 @@ def test_context_and_after_execute_hooks_wrap_each_execution():
         def __exit__(self, *a):
             events.append("exit")
 
+    class Recorder(Hook):
+        def forward_context(self):
+            return Ctx()
+
+        def after_execute(self, s):
+            events.append("after")
+            stats.append(s)
+
+    class ObserverOnly(Hook):
+        def after_execute(self, s):
+            events.append("observed")
+
     engine, _ = make_engine(
-        ts_models.Scale(),
-        [fp32("x")],
-        [fp32("y")],
-        context=Ctx,
-        after_execute=lambda: events.append("after"),
+        ts_models.Scale(), [fp32("x")], [fp32("y")], hooks=Hooks([Recorder(), ObserverOnly()])
     )
-    engine.infer([req(x=torch.ones(1, 2)), req(x=torch.ones(1, 2))])
-    assert events == ["enter", "exit", "after"]
+    engine.infer([req(x=torch.ones(1, 2)), req(x=torch.ones(2, 2)), req(x=torch.ones(1, 3))])
+    assert events == ["enter", "exit", "after", "observed"]
+    assert stats == [ExecuteStats(requests=3, rejected=1, failed=1, forwards=1, rows=3)]
+
+
+def test_stats_count_the_forwards_of_a_bisected_batch():
+    stats = []
+
+    class Recorder(Hook):
+        def after_execute(self, s):
+            stats.append(s)
+
+    engine, _ = make_engine(
+        ts_models.FailOnNegative(), [fp32("x")], [fp32("y")], hooks=Hooks([Recorder()])
+    )
+    good, bad = torch.ones(1, 2), -torch.ones(1, 2)
+    engine.infer([req(x=good), req(x=bad), req(x=good), req(x=good)])
+    # 4 together, then halves [good, bad] and [good, good], then [good] and [bad]
+    assert stats == [ExecuteStats(requests=4, rejected=0, failed=1, forwards=5, rows=4)]
 
 
 class _RejectsNines:
     """An executor whose forward raises a backend error when any value is 9 (like AOTI checks)."""
 
     input_device = torch.device("cpu")
+    capabilities = Capabilities()
 
     def run(self, inputs):
         if bool((inputs["x"] == 9).any()):
-            raise RequestError("model 'm': value 9 is outside what the package accepts")
+            raise RequestError("value 9 is outside what the package accepts")
         return {"y": inputs["x"] * 2}
 
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import pytorch_backend
-from pytorch_backend import examples
 from pytorch_backend.config import ModelConfig, TensorSpec, parse_model_config
-from pytorch_backend.dtypes import TRITON_TO_TORCH
+from pytorch_backend.config.dtypes import TRITON_TO_TORCH
+from pytorch_backend.serving import examples
+from tests.oracles import reference_outputs
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository_examples"
 TORCHSCRIPT = (*examples.TORCHSCRIPT_MODELS, "dropin_python")
@@ -258,7 +259,7 @@ def test_artifact_outputs_have_config_dtypes_and_reference_values(built, model, 
     feed = {spec.name: _sample(spec, batch, rng) for spec in cfg.inputs}
     outputs = _call(module, cfg, feed)
     assert len(outputs) == len(cfg.outputs)
-    expected = examples.reference_outputs(model, feed)
+    expected = reference_outputs(model, feed)
     assert set(expected) == {s.name for s in cfg.outputs}
     for spec in cfg.outputs:
         value = outputs[int(spec.name.rsplit("__", 1)[1])]
@@ -274,13 +275,13 @@ def test_artifact_outputs_have_config_dtypes_and_reference_values(built, model, 
 def test_reference_values_by_hand():
     x = np.array([[1.0, -2.0, 3.0, -4.0]], dtype=np.float32)
     np.testing.assert_array_equal(
-        examples.reference_outputs("mlp_batched", {"INPUT__0": x})["OUTPUT__0"], [[-2.0, 10.0, 6.0]]
+        reference_outputs("mlp_batched", {"INPUT__0": x})["OUTPUT__0"], [[-2.0, 10.0, 6.0]]
     )
-    out = examples.reference_outputs(
+    out = reference_outputs(
         "string_io", {"INPUT__0": np.array([b"ab c\xc3\xa9"], dtype=np.object_)}
     )
     assert out["OUTPUT__0"].tolist() == ["AB C\u00e9".encode()]
     assert out["OUTPUT__1"].tolist() == ["c\u00e9 ab".encode()]
     assert out["OUTPUT__2"].tolist() == [[6]]
     with pytest.raises(KeyError, match="unknown example"):
-        examples.reference_outputs("nope", {})
+        reference_outputs("nope", {})

@@ -7,8 +7,13 @@ import torch
 
 from pytorch_backend.config import parse_model_config
 from pytorch_backend.errors import ModelLoadError
-from pytorch_backend.executors.torchscript import TorchScriptExecutor, load_torchscript
-from pytorch_backend.naming import CONFIG_ORDER, DICT_INPUT, FORWARD_ARGUMENT, NAMED_INDEX
+from pytorch_backend.executors.torchscript.executor import TorchScriptExecutor, load_torchscript
+from pytorch_backend.executors.torchscript.naming import (
+    CONFIG_ORDER,
+    DICT_INPUT,
+    FORWARD_ARGUMENT,
+    NAMED_INDEX,
+)
 from tests import ts_models
 
 CPU = torch.device("cpu")

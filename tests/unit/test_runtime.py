@@ -13,14 +13,12 @@ from typing import Any
 import pytest
 import torch
 
-from pytorch_backend.config import ModelConfig, parse_model_config
+from pytorch_backend.config import GradPolicy, ModelConfig, parse_model_config
+from pytorch_backend.config.parameters import BackendParameters, parse_parameters
 from pytorch_backend.errors import ModelLoadError
-from pytorch_backend.parameters import BackendParameters, parse_parameters
-from pytorch_backend.runtime import (
-    after_execute,
-    apply_runtime_settings,
-    execution_context,
-)
+from pytorch_backend.runtime.execution import execution_context
+from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
+from pytorch_backend.runtime.settings import apply_runtime_settings, cache_cleaning_applies
 from tests.custom_op import build_op_library
 
 CPU = torch.device("cpu")
@@ -66,12 +64,20 @@ def restore_torch_globals() -> Iterator[None]:
     torch._C._jit_set_profiling_mode(profiling)
 
 
+PREFIX = "pytorch_backend: model 'm' instance 'm_0': "
+
+
+def lines_of(params: BackendParameters, settings: Any, config: ModelConfig, device) -> list[str]:
+    """The effective-value lines as an instance logs them (weight sharing decided elsewhere)."""
+    sharing = "true" if params.enable_weight_sharing else "false"
+    effective = EffectiveSettings(params, settings, device, config.cpu_instance_count, sharing)
+    return [PREFIX + line for line in effective_lines(effective)]
+
+
 def apply(config: ModelConfig, device: torch.device | None = CPU) -> tuple[Any, list[str]]:
-    logs: list[str] = []
-    settings = apply_runtime_settings(
-        params_of(config), config, instance_name="m_0", device=device, log=logs.append
-    )
-    return settings, logs
+    params = params_of(config)
+    settings = apply_runtime_settings(params, config, device)
+    return settings, lines_of(params, settings, config, device)
 
 
 # --- threads: set_num_interop_threads works once per process, so measure in subprocesses ----
@@ -80,24 +86,25 @@ CHILD = r"""
 import dataclasses, json, sys, threading
 import torch
 from pytorch_backend.config import parse_model_config
-from pytorch_backend.parameters import parse_parameters
-from pytorch_backend.runtime import apply_runtime_settings, available_cpus
+from pytorch_backend.config.parameters import parse_parameters
+from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
+from pytorch_backend.runtime.settings import apply_runtime_settings, available_cpus
 
 spec = json.loads(sys.argv[1])
 if spec.get("interop_already_set"):
     torch.set_num_interop_threads(2)
 config = parse_model_config(spec["config"])
 params = parse_parameters(config.name, config.parameters, print)
-logs = []
-settings = apply_runtime_settings(
-    params, config, instance_name="m_0", device=torch.device("cpu"), log=logs.append
-)
+settings = apply_runtime_settings(params, config, torch.device("cpu"))
+effective = EffectiveSettings(params, settings, torch.device("cpu"), config.cpu_instance_count, "")
+prefix = "pytorch_backend: model 'm' instance 'm_0': "
+logs = [prefix + line for line in effective_lines(effective)]
 seen = []
 worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
 worker.start()
 worker.join()
 print(json.dumps({
-    "settings": dataclasses.asdict(settings),
+    "settings": {**dataclasses.asdict(settings), "grad_policy": settings.grad_policy.value},
     "worker_threads": seen[0],
     "threads": torch.get_num_threads(),
     "interop": torch.get_num_interop_threads(),
@@ -203,7 +210,7 @@ def test_one_log_line_per_setting_naming_model_and_instance() -> None:
     assert f"{prefix}INFERENCE_MODE = true (grad policy: inference_mode)" in logs
     assert f"{prefix}ENABLE_WEIGHT_SHARING = false" in logs
     assert f"{prefix}device = cpu" in logs
-    assert settings.grad_policy == "inference_mode"
+    assert settings.grad_policy is GradPolicy.INFERENCE_MODE
     assert settings.optimized_execution is True
     assert settings.cudnn_enabled is True
 
@@ -256,14 +263,14 @@ def test_nvfuser_is_accepted_and_reported_removed() -> None:
 
 
 @pytest.mark.usefixtures("restore_torch_globals")
-def test_weight_sharing_and_cache_cleaning_log_lines() -> None:
-    config = make_config({"ENABLE_WEIGHT_SHARING": "true", "ENABLE_CACHE_CLEANING": "true"})
+def test_cache_cleaning_log_lines() -> None:
+    config = make_config({"ENABLE_CACHE_CLEANING": "true"})
     settings, logs = apply(config)
-    assert settings.weight_sharing is True and settings.cache_cleaning is True
+    assert settings.cache_cleaning is False
     assert any("ENABLE_CACHE_CLEANING = true (no effect on a CPU instance)" in x for x in logs)
     settings, logs = apply(config, device=torch.device("cuda", 0))
-    assert settings.weight_sharing is False
-    assert any("ENABLE_WEIGHT_SHARING = true, no effect: CUDA instances" in x for x in logs)
+    assert settings.cache_cleaning is True
+    assert any("ENABLE_CACHE_CLEANING = true (torch.cuda.empty_cache()" in x for x in logs)
 
 
 @pytest.mark.usefixtures("restore_torch_globals")
@@ -336,12 +343,13 @@ def test_execution_context_restores_state_after_an_exception() -> None:
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
-def test_cache_cleaning_is_a_no_op_on_cpu() -> None:
+def test_cache_cleaning_applies_only_where_there_is_a_gpu() -> None:
     cleaning = BackendParameters(enable_cache_cleaning=True)
-    assert after_execute(cleaning, CPU) is False
-    assert after_execute(BackendParameters(), CPU) is False
+    assert cache_cleaning_applies(cleaning, CPU) is False
+    assert cache_cleaning_applies(BackendParameters(), CPU) is False
+    assert cache_cleaning_applies(cleaning, torch.device("cuda", 0)) is True
     if not torch.cuda.is_available():
-        assert after_execute(cleaning, None) is False  # KIND_MODEL without GPUs
+        assert cache_cleaning_applies(cleaning, None) is False  # KIND_MODEL without GPUs
     assert not torch.cuda.is_initialized()
 
 

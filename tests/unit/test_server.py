@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import pytorch_backend
-from pytorch_backend import server as srv
-from pytorch_backend.server import (
+from pytorch_backend.serving import install as srv
+from pytorch_backend.serving.server import (
     BackendAssemblyError,
     ModelStatus,
     ServerError,

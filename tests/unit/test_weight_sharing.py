@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from pytorch_backend import weight_sharing
-from pytorch_backend.weight_sharing import (
+from pytorch_backend.runtime import weight_sharing
+from pytorch_backend.runtime.weight_sharing import (
     PREFIX,
     SharedWeightsInfo,
     file_stem,
@@ -213,7 +213,7 @@ CHILD = r"""
 import json, os, sys
 from pathlib import Path
 import torch
-from pytorch_backend.weight_sharing import share_module_weights
+from pytorch_backend.runtime.weight_sharing import share_module_weights
 
 def private_kib():
     fields = {}

@@ -1,1 +1,4 @@
-"""Executors run one forward over named, already gathered inputs. They know nothing of Triton."""
+"""Executors run one forward on named, batched torch inputs; they know nothing of Triton.
+
+``registry`` maps each model kind to the factory that loads its artifact.
+"""

@@ -12,30 +12,24 @@ from typing import Any, Union
 
 import torch
 
-from .errors import ModelLoadError
+from ..config import InstanceKind
+from ..errors import ModelLoadError
 
 DeviceSpec = Union[torch.device, Iterable[torch.device], None]
 
-_KINDS = {"CPU": "CPU", "GPU": "GPU", "MODEL": "MODEL"}
-_KINDS.update({f"KIND_{k}": v for k, v in list(_KINDS.items())})
 
-
-def resolve_instance_device(kind: str, device_id: int, model_name: str) -> torch.device | None:
-    """The device of one instance, from the Python backend's ``model_instance_kind`` / device id.
+def resolve_instance_device(
+    kind: InstanceKind, device_id: int, model_name: str
+) -> torch.device | None:
+    """The device of one instance, from its kind and the Python backend's device id.
 
     ``CPU`` -> ``cpu``; ``GPU`` -> ``cuda:<device_id>`` (a clear ModelLoadError when CUDA is not
     usable or the id does not exist); ``MODEL`` -> None: the backend does not choose, the model's
-    saved placement is kept (see :func:`kind_model_placement`). ``KIND_``-prefixed spellings are
-    accepted too.
+    saved placement is kept (see :func:`kind_model_placement`).
     """
-    normalised = _KINDS.get(str(kind).upper())
-    if normalised is None:
-        raise ModelLoadError(
-            f"model '{model_name}': unknown instance kind {kind!r} (expected CPU, GPU or MODEL)"
-        )
-    if normalised == "CPU":
+    if kind is InstanceKind.CPU:
         return torch.device("cpu")
-    if normalised == "MODEL":
+    if kind is InstanceKind.MODEL:
         return None
     if not torch.cuda.is_available():
         reason = (
@@ -44,15 +38,17 @@ def resolve_instance_device(kind: str, device_id: int, model_name: str) -> torch
             else "no CUDA device is visible to this process"
         )
         raise ModelLoadError(
-            f"model '{model_name}': instance kind GPU (device {device_id}) requested but CUDA is "
-            f"not available ({reason}, torch {torch.__version__}); use instance_group kind "
-            "KIND_CPU or install a CUDA build of torch"
+            f"instance kind GPU (device {device_id}) requested but CUDA is not available "
+            f"({reason}, torch {torch.__version__}); use instance_group kind KIND_CPU or install "
+            "a CUDA build of torch",
+            model=model_name,
         )
     count = torch.cuda.device_count()
     if not 0 <= int(device_id) < count:
         raise ModelLoadError(
-            f"model '{model_name}': instance kind GPU requested device id {device_id}, but this "
-            f"process sees {count} CUDA device(s) (valid ids 0..{count - 1})"
+            f"instance kind GPU requested device id {device_id}, but this process sees {count} "
+            f"CUDA device(s) (valid ids 0..{count - 1})",
+            model=model_name,
         )
     return torch.device("cuda", int(device_id))
 

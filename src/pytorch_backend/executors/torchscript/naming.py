@@ -9,19 +9,16 @@ Outputs bind by ``<name>__<index>`` when every output has that form, else by con
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .config import ModelConfig, TensorSpec
+from ...config import ModelConfig, NamingConvention, TensorSpec
 
-FORWARD_ARGUMENT = "forward-argument names"
-NAMED_INDEX = "<name>__<index> names"
-CONFIG_ORDER = "config order"
-DICT_INPUT = "Dict[str, Tensor] keys"
-
-_NAMED_INDEX = re.compile(r"^(?P<prefix>.*?)__(?P<index>\d+)$")
+FORWARD_ARGUMENT = NamingConvention.FORWARD_ARGUMENT
+NAMED_INDEX = NamingConvention.NAMED_INDEX
+CONFIG_ORDER = NamingConvention.CONFIG_ORDER
+DICT_INPUT = NamingConvention.DICT_INPUT
 
 TENSOR = "Tensor"
 STRING_LIST = "List[str]"
@@ -40,7 +37,7 @@ class Signature:
 class Binding:
     """Config name -> position in the forward arguments or in the returned tuple."""
 
-    convention: str
+    convention: NamingConvention
     positions: Mapping[str, int]
 
     @property

@@ -35,7 +35,7 @@ The examples (all batching with ``max_batch_size: 8``; ``B`` is the batch dimens
 ``dropin_python`` -- the ``mlp_batched`` model served by a copy of this package's ``model.py``
     placed in ``dropin_python/1/model.py`` (``backend: "python"``).
 
-:func:`reference_outputs` computes every example's outputs with NumPy, for tests and clients.
+The NumPy oracle of these outputs lives with the tests (``tests/oracles.py``).
 """
 
 from __future__ import annotations
@@ -46,11 +46,10 @@ import locale
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -60,7 +59,6 @@ __all__ = [
     "MODELS",
     "TORCHSCRIPT_MODELS",
     "build_examples",
-    "reference_outputs",
 ]
 
 #: Largest batch every example accepts (``max_batch_size`` in the configs, the export's Dim max).
@@ -155,70 +153,6 @@ class AotiNested(torch.nn.Module):
         a, b = pair
         total = (x + a * b) * opts["gain"] * scale + opts["bias"]
         return {"total": total, "parts": (a - b, torch.argmax(total, dim=1, keepdim=True))}
-
-
-# --------------------------------------------------------------------------------------------
-# Reference outputs (NumPy), keyed by config output name
-# --------------------------------------------------------------------------------------------
-
-
-def _ascii_upper(text: str) -> str:
-    return "".join(chr(ord(c) - 32) if "a" <= c <= "z" else c for c in text)
-
-
-def _as_str(item: object) -> str:
-    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
-
-
-def _aoti_reference(*leaves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``leaves`` in flattened order: x, a, b, gain, bias, scale."""
-    x, a, b, gain, bias, scale = (np.asarray(v, dtype=np.float32) for v in leaves)
-    total = ((x + a * b) * gain * scale + bias).astype(np.float32)
-    return (
-        total,
-        (a - b).astype(np.float32),
-        np.argmax(total, axis=1).reshape(-1, 1).astype(np.int64),
-    )
-
-
-def reference_outputs(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Expected outputs of example ``model`` for batched ``inputs`` keyed by config input name.
-
-    STRING tensors are ``np.object_`` arrays (``bytes`` or ``str`` elements in, ``bytes`` out)
-    shaped ``[B]`` or ``[B, 1]``; string outputs are returned shaped ``[B]``.
-    """
-    if model in ("mlp_batched", DROPIN_MODEL):
-        x = np.asarray(inputs["INPUT__0"], dtype=np.float32)
-        out = np.stack([x.sum(1), np.abs(x).sum(1), x[:, 0] - x[:, 3] + 1], axis=1)
-        return {"OUTPUT__0": out.astype(np.float32)}
-    if model == "named_multi_output":
-        image = np.asarray(inputs["image"], dtype=np.float32)
-        scale = np.asarray(inputs["scale"], dtype=np.float32)
-        scaled = image * scale.reshape(-1, 1, 1)
-        best = np.argmax(scaled.reshape(len(scaled), -1), axis=1).reshape(-1, 1)
-        return {"OUTPUT__0": scaled, "OUTPUT__1": best.astype(np.int64), "OUTPUT__2": scaled > 0}
-    if model == "dict_input":
-        x = np.asarray(inputs["x"], dtype=np.float32)
-        y = np.asarray(inputs["y"], dtype=np.float32)
-        return {"OUTPUT__0": x + y, "OUTPUT__1": x * y}
-    if model == "string_io":
-        texts = [_as_str(item) for item in np.asarray(inputs["INPUT__0"]).reshape(-1)]
-        upper = [_ascii_upper(t).encode("utf-8") for t in texts]
-        words = [" ".join(reversed(t.split(" "))).encode("utf-8") for t in texts]
-        lengths = [len(t.encode("utf-8")) for t in texts]
-        return {
-            "OUTPUT__0": np.array(upper, dtype=np.object_),
-            "OUTPUT__1": np.array(words, dtype=np.object_),
-            "OUTPUT__2": np.array(lengths, dtype=np.int64).reshape(-1, 1),
-        }
-    if model == "aoti_nested":
-        names = ("ARGS[0]", "ARGS[1][0]", "ARGS[1][1]", "ARGS[2][gain]", "ARGS[2][bias]")
-        outs = _aoti_reference(*(inputs[n] for n in names), inputs["KWARGS[scale]"])
-        return dict(zip(("RESULT[total]", "RESULT[parts][0]", "RESULT[parts][1]"), outs))
-    if model == "aoti_nested_ordinal":
-        outs = _aoti_reference(*(inputs[f"INPUT__{i}"] for i in range(6)))
-        return {f"OUTPUT__{i}": out for i, out in enumerate(outs)}
-    raise KeyError(f"unknown example model {model!r} (known: {', '.join(MODELS)})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +291,7 @@ def build_examples(
         _install(target, _save_torchscript(factory()), stamp)
         built.append(target)
 
-    adapter = Path(__file__).with_name("model.py")
+    adapter = Path(__file__).parent.parent / "model.py"
     if not adapter.is_file():
         raise FileNotFoundError(f"{DROPIN_MODEL}: the drop-in adapter {adapter} is missing")
     copy = artifact(DROPIN_MODEL, "model.py")

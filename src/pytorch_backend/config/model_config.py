@@ -11,12 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ..errors import ModelLoadError
 from .dtypes import STRING, SUPPORTED
-from .errors import ModelLoadError
-
-AOTI_PLATFORM = "torch_aoti"
-TORCHSCRIPT_FILENAME = "model.pt"
-AOTI_FILENAME = "model.pt2"
 
 
 @dataclass(frozen=True)
@@ -43,13 +39,12 @@ class TensorSpec:
 class InstanceGroup:
     kind: str  # "KIND_CPU", "KIND_GPU", "KIND_MODEL", "KIND_AUTO"
     count: int
-    gpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    platform: str
+    platform: str  # only the exact string "torch_aoti" selects AOT Inductor, as upstream
     backend: str
     default_model_filename: str
     max_batch_size: int
@@ -65,9 +60,9 @@ class ModelConfig:
         return self.max_batch_size > 0
 
     @property
-    def is_aoti(self) -> bool:
-        """Exactly as upstream: only the exact string ``torch_aoti`` selects AOT Inductor."""
-        return self.platform == AOTI_PLATFORM
+    def cpu_instance_count(self) -> int:
+        """Total ``count`` of the KIND_CPU instance groups."""
+        return sum(g.count for g in self.instance_groups if g.kind in ("KIND_CPU", "CPU"))
 
     def input(self, name: str) -> TensorSpec:
         return next(s for s in self.inputs if s.name == name)
@@ -77,7 +72,7 @@ class ModelConfig:
 
     def error(self, message: str) -> ModelLoadError:
         """A load error that names this model."""
-        return ModelLoadError(f"model '{self.name}': {message}")
+        return ModelLoadError(message, model=self.name)
 
 
 def _dims(raw: Any) -> tuple[int, ...]:
@@ -91,8 +86,8 @@ def _tensor_spec(model: str, kind: str, raw: Mapping[str, Any]) -> TensorSpec:
     if dtype not in SUPPORTED:
         supported = ", ".join(f"TYPE_{t}" for t in sorted(SUPPORTED))
         raise ModelLoadError(
-            f"model '{model}': unsupported data_type {data_type!r} for {kind} '{name}' "
-            f"(supported: {supported})"
+            f"unsupported data_type {data_type!r} for {kind} '{name}' (supported: {supported})",
+            model=model,
         )
     reshape_raw = raw.get("reshape")
     reshape = _dims(reshape_raw.get("shape")) if reshape_raw else None
@@ -110,7 +105,7 @@ def _string_parameters(model: str, raw: Mapping[str, Any]) -> dict[str, str]:
     for key, value in (raw or {}).items():
         if isinstance(value, Mapping):
             if "string_value" not in value:
-                raise ModelLoadError(f"model '{model}': parameter '{key}' has no string_value")
+                raise ModelLoadError(f"parameter '{key}' has no string_value", model=model)
             out[key] = str(value["string_value"])
         else:
             out[key] = str(value)
@@ -123,14 +118,13 @@ def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
     name = data.get("name", "")
     max_batch_size = int(data.get("max_batch_size", 0) or 0)
     if max_batch_size < 0:
-        raise ModelLoadError(f"model '{name}': max_batch_size must be >= 0, got {max_batch_size}")
+        raise ModelLoadError(f"max_batch_size must be >= 0, got {max_batch_size}", model=name)
     inputs = tuple(_tensor_spec(name, "input", i) for i in data.get("input", ()))
     outputs = tuple(_tensor_spec(name, "output", o) for o in data.get("output", ()))
     groups = tuple(
         InstanceGroup(
             kind=g.get("kind", "KIND_AUTO"),
             count=int(g.get("count", 1) or 1),
-            gpus=tuple(int(x) for x in g.get("gpus", ()) or ()),
         )
         for g in data.get("instance_group", ())
     )
@@ -152,6 +146,12 @@ def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
 
 
 def _validate(config: ModelConfig) -> None:
+    if config.sequence_batching:
+        raise config.error(
+            "sequence_batching is not supported yet: this backend cannot serve stateful "
+            "(sequence) models; remove sequence_batching from the configuration or serve the "
+            "model with the C++ PyTorch backend"
+        )
     if not config.inputs:
         raise config.error("the configuration must declare at least one input")
     if not config.outputs:

@@ -6,7 +6,7 @@ import pytest
 
 from pytorch_backend.config import parse_model_config
 from pytorch_backend.errors import ModelLoadError
-from pytorch_backend.loader import artifact_name, artifact_path
+from pytorch_backend.executors.registry import artifact_name, artifact_path, resolve_kind
 
 
 def cfg(**fields):
@@ -33,20 +33,25 @@ def cfg(**fields):
     ],
 )
 def test_artifact_name(fields, param, expected):
-    assert artifact_name(cfg(**fields), param) == expected
+    config = cfg(**fields)
+    assert artifact_name(config, resolve_kind(config), param) == expected
 
 
 def test_artifact_path_found_and_missing(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"x")
-    assert artifact_path(cfg(), tmp_path, None) == (tmp_path / "model.pt").resolve()
+    assert (
+        artifact_path(cfg(), resolve_kind(cfg()), tmp_path, None)
+        == (tmp_path / "model.pt").resolve()
+    )
     with pytest.raises(ModelLoadError, match="unable to find .*model.pt2"):
-        artifact_path(cfg(platform="torch_aoti"), tmp_path, None)
+        aoti = cfg(platform="torch_aoti")
+        artifact_path(aoti, resolve_kind(aoti), tmp_path, None)
 
 
 def test_missing_file_hints_at_the_platform(tmp_path):
     (tmp_path / "model.pt2").write_bytes(b"x")
     with pytest.raises(ModelLoadError, match='set platform: "torch_aoti"'):
-        artifact_path(cfg(), tmp_path, None)
+        artifact_path(cfg(), resolve_kind(cfg()), tmp_path, None)
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../other/model.pt", "sub/../../model.pt"])
@@ -56,4 +61,5 @@ def test_names_leaving_the_version_directory_are_refused(tmp_path, name):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "model.pt").write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="model 'm': model file name"):
-        artifact_path(cfg(default_model_filename=name), version, None)
+        config = cfg(default_model_filename=name)
+        artifact_path(config, resolve_kind(config), version, None)

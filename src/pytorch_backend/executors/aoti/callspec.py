@@ -22,8 +22,8 @@ from typing import Any
 
 import torch.utils._pytree as pytree
 
-from .config import ModelConfig, TensorSpec
-from .errors import ModelLoadError
+from ...config import ModelConfig, TensorSpec
+from ...errors import ModelLoadError
 
 _SEQUENCE_TYPES = (tuple, list)
 _MAPPING_TYPES = (dict, OrderedDict)
@@ -54,15 +54,6 @@ class CallSpec:
     outputs: tuple[Leaf, ...]
     #: Dict keys that cannot appear in a name (quotes, brackets, whitespace, non-printable).
     invalid_keys: tuple[str, ...] = ()
-
-    @property
-    def accepted_input_names(self) -> tuple[str, ...]:
-        """Forward-based names, then ordinal names."""
-        return tuple(x.name for x in self.inputs) + tuple(x.ordinal for x in self.inputs)
-
-    @property
-    def accepted_output_names(self) -> tuple[str, ...]:
-        return tuple(x.name for x in self.outputs) + tuple(x.ordinal for x in self.outputs)
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from ...config import ModelConfig
+from ...errors import ExecutionError, ModelLoadError
+from ...requests import Value
+from ...runtime.devices import kind_model_placement, module_devices
 from .. import artifacts
-from ..config import ModelConfig
-from ..errors import ExecutionError, ModelLoadError
-from ..naming import Binding, Signature, bind_inputs, bind_outputs
-from .base import Value
+from ..base import Capabilities, LoadContext
+from .naming import Binding, Signature, bind_inputs, bind_outputs
 
 
 def load_torchscript(
@@ -23,9 +25,9 @@ def load_torchscript(
         module = torch.jit.load(str(path), map_location=map_location)
     except Exception as exc:
         raise ModelLoadError(
-            f"model '{config.name}': cannot load '{path}' as TorchScript: it is "
-            f"{artifacts.describe(path)} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            f"cannot load '{path}' as TorchScript: it is {artifacts.describe(path)} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            model=config.name,
         ) from None
     module.eval()
     return module
@@ -56,6 +58,7 @@ class TorchScriptExecutor:
         self.inputs: Binding = bind_inputs(config, self.signature)
         self.outputs: Binding = bind_outputs(config, self.signature)
         self._arg_count = len(self.signature.arg_names)
+        self.capabilities = Capabilities(shareable_module=module, devices=module_devices(module))
 
     def run(self, inputs: Mapping[str, Value]) -> dict[str, Value]:
         if self.inputs.dict_input:
@@ -78,6 +81,21 @@ class TorchScriptExecutor:
 
     def describe_bindings(self) -> list[str]:
         return [
-            f"{kind} bound by {binding.convention}: {json.dumps(dict(binding.positions))}"
+            f"{kind} bound by {binding.convention.value}: {json.dumps(dict(binding.positions))}"
             for kind, binding in (("inputs", self.inputs), ("outputs", self.outputs))
         ]
+
+
+def load(context: LoadContext) -> TorchScriptExecutor:
+    """The registry's factory: ``torch.jit.load`` onto the instance's device.
+
+    KIND_MODEL (``device`` None) keeps the devices saved in the model; a model without CUDA
+    tensors moves to the first GPU when there is one. Its inputs are prepared on the CPU.
+    """
+    module = load_torchscript(context.config, context.path, map_location=context.device)
+    if context.device is None:
+        placement = kind_model_placement(module)
+        if placement is not None:
+            module.to(placement)
+        return TorchScriptExecutor(context.config, module, input_device=torch.device("cpu"))
+    return TorchScriptExecutor(context.config, module, input_device=context.device)

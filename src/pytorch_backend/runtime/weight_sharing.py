@@ -237,7 +237,7 @@ def sweep(directory: Path, log: Callable[[str], None], keep: Path | None = None)
                 _remove(lock_path)
                 removed += int(existed)
                 if existed:
-                    log(f"pytorch_backend: removed unused shared weights file {data_path}")
+                    log(f"removed unused shared weights file {data_path}")
         finally:
             os.close(fd)
     for tmp in directory.glob(f"{PREFIX}*.weights.tmp.*"):
@@ -396,9 +396,9 @@ def share_module_weights(
     skipped = sum(plan.skipped.values())
     if plan.skipped:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(plan.skipped.items()))
-        log(f"pytorch_backend: weight sharing leaves {skipped} tensor(s) private ({reasons})")
+        log(f"weight sharing leaves {skipped} tensor(s) private ({reasons})")
     if not plan.entries:
-        log("pytorch_backend: weight sharing: the module has no CPU tensors to share")
+        log("weight sharing: the module has no CPU tensors to share")
         return SharedWeightsInfo(None, 0, False, 0, skipped)
 
     directory = Path(directory)
@@ -410,10 +410,10 @@ def share_module_weights(
     try:
         lock_fd = _lock(lock_path) if directory.is_dir() else None
     except OSError as exc:
-        warn(f"pytorch_backend: weight sharing disabled: cannot lock {lock_path}: {exc}")
+        warn(f"weight sharing disabled: cannot lock {lock_path}: {exc}")
         return SharedWeightsInfo(None, 0, False, 0, skipped)
     if lock_fd is None:
-        warn(f"pytorch_backend: weight sharing disabled: {directory} is not a directory")
+        warn(f"weight sharing disabled: {directory} is not a directory")
         return SharedWeightsInfo(None, 0, False, 0, skipped)
     data_fd: int | None = None
     try:
@@ -433,7 +433,7 @@ def share_module_weights(
                 if not _matches(mapped, data_start, plan):
                     mapped = None
             if mapped is None:
-                log(f"pytorch_backend: replacing stale shared weights file {data_path}")
+                log(f"replacing stale shared weights file {data_path}")
                 os.close(data_fd)
                 data_fd = None
         if mapped is None:
@@ -441,7 +441,7 @@ def share_module_weights(
             try:
                 data_start = _write(data_path, plan, manifest)
             except OSError as exc:  # e.g. ENOSPC: /dev/shm is full
-                warn(f"pytorch_backend: weight sharing disabled: cannot write {data_path}: {exc}")
+                warn(f"weight sharing disabled: cannot write {data_path}: {exc}")
                 return SharedWeightsInfo(None, 0, False, 0, skipped)
             created = True
             data_fd = os.open(data_path, os.O_RDONLY)
@@ -460,7 +460,7 @@ def share_module_weights(
     gc.collect()
     _malloc_trim()
     log(
-        f"pytorch_backend: weight sharing: {tensors} tensor(s), {_mib(nbytes)} "
+        f"weight sharing: {tensors} tensor(s), {_mib(nbytes)} "
         f"{'written to' if created else 'mapped from'} {data_path}"
     )
     return SharedWeightsInfo(data_path, nbytes, created, tensors, skipped, holder)

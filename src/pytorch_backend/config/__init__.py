@@ -1,0 +1,18 @@
+"""What a model's configuration says, parsed once at load into frozen dataclasses and enums."""
+
+from .enums import GradPolicy, InstanceKind, ModelKind, NamingConvention
+from .model_config import InstanceGroup, ModelConfig, TensorSpec, parse_model_config
+from .parameters import BackendParameters, parse_parameters
+
+__all__ = [
+    "BackendParameters",
+    "GradPolicy",
+    "InstanceGroup",
+    "InstanceKind",
+    "ModelConfig",
+    "ModelKind",
+    "NamingConvention",
+    "TensorSpec",
+    "parse_model_config",
+    "parse_parameters",
+]

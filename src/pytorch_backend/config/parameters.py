@@ -1,0 +1,353 @@
+"""``config.pbtxt`` ``parameters``: one registry, parsed and validated once at load.
+
+:data:`PARAMETERS` is the single list of keys this backend knows. Each entry gives the key, its
+aliases, its parser, its default, the model kinds it has an effect on and a one-line effect; the
+registry drives parsing, the unknown-key hints, the order of the effective-value log lines
+(``runtime.report``) and the README's parameter table (:func:`markdown_table`, checked by a test).
+
+Keys are case-sensitive, as upstream. Values follow the C++ backend's parsing where it is sane and
+are stricter where it is not:
+
+* booleans accept exactly ``true/on/1`` and ``false/off/0`` after lower-casing (as
+  ``ParseBoolValue``); anything else fails the load;
+* thread counts must be a non-negative decimal integer (surrounding whitespace allowed). ``0``
+  leaves torch's default, like upstream, which ignores values <= 0; unlike upstream's ``std::stoi``
+  a negative value, trailing junk (``"4abc"``) or a value that does not fit a C ``int`` fails the
+  load instead of being silently truncated or aborting the process;
+* unknown keys are not an error (Triton passes every key through) but are reported through
+  ``warn`` with the closest known key, so a typo such as ``INFERENCE_MDOE`` is visible.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ..errors import ModelLoadError
+from .enums import GradPolicy, ModelKind
+
+_TRUE = frozenset({"true", "on", "1"})
+_FALSE = frozenset({"false", "off", "0"})
+_INT_MAX = 2**31 - 1
+_UINT_RE = re.compile(r"[0-9]+")
+
+ALL_KINDS = frozenset(ModelKind)
+TORCHSCRIPT_ONLY = frozenset({ModelKind.TORCHSCRIPT})
+NO_KIND: frozenset[ModelKind] = frozenset()
+
+#: Who reads a key: this backend, Triton's Python backend, or nobody here (accepted, warned).
+BACKEND, PYTHON_BACKEND, IGNORED = "backend", "python_backend", "ignored"
+
+
+@dataclass(frozen=True)
+class BackendParameters:
+    """Effective backend parameters of one model (defaults = parameter absent)."""
+
+    inference_mode: bool = True
+    enable_grad: bool = False
+    disable_optimized_execution: bool = False
+    enable_jit_executor: bool | None = None
+    enable_jit_profiling: bool | None = None
+    enable_tensor_fuser: bool | None = None
+    enable_nvfuser: bool | None = None
+    disable_cudnn: bool = False
+    enable_cache_cleaning: bool = False
+    intra_op_thread_count: int | None = None
+    inter_op_thread_count: int | None = None
+    enable_weight_sharing: bool = False
+    custom_op_libraries: tuple[str, ...] = ()
+    model_filename: str | None = None
+
+    @property
+    def grad_policy(self) -> GradPolicy:
+        if self.enable_grad:
+            return GradPolicy.ENABLE_GRAD
+        return GradPolicy.INFERENCE_MODE if self.inference_mode else GradPolicy.NO_GRAD
+
+
+def _bad(model: str, key: str, value: str, expected: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"parameter '{key}' has invalid value {value!r}: expected {expected}", model=model
+    )
+
+
+def parse_bool(model: str, key: str, value: str) -> bool:
+    """Upstream ``ParseBoolValue``: lower-cased ``true/on/1`` or ``false/off/0``."""
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _bad(model, key, value, "a boolean (true/false, on/off, 1/0)")
+
+
+def parse_thread_count(model: str, key: str, value: str) -> int | None:
+    """A non-negative decimal integer; ``0`` means "leave torch's default" (returns None)."""
+    text = value.strip()
+    if not _UINT_RE.fullmatch(text):
+        raise _bad(model, key, value, "a non-negative integer (0 = torch's default)")
+    number = int(text)
+    if number > _INT_MAX:
+        raise _bad(model, key, value, f"an integer no larger than {_INT_MAX}")
+    return number or None
+
+
+def parse_library_list(model: str, key: str, value: str) -> tuple[str, ...]:
+    """Split ``CUSTOM_OP_LIBRARIES`` on commas and colons; blanks are dropped."""
+    return tuple(p.strip() for p in re.split(r"[,:]", value) if p.strip())
+
+
+def parse_file_name(model: str, key: str, value: str) -> str:
+    """A plain file name inside the version directory."""
+    if not value.strip() or "/" in value or "\\" in value or value in (".", ".."):
+        raise _bad(
+            model, key, value, "a plain file name inside the version directory (no path separators)"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One ``config.pbtxt`` parameter key."""
+
+    key: str
+    effect: str  # one line, for the README table
+    default: str = "unset"  # as the README shows it
+    field: str | None = None  # the BackendParameters field it sets
+    parse: Callable[[str, str, str], object] | None = None
+    applies_to: frozenset[ModelKind] = ALL_KINDS
+    aliases: tuple[str, ...] = ()
+    reader: str = BACKEND
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key, *self.aliases)
+
+    @property
+    def logged(self) -> bool:
+        """Whether its effective value is logged at load, one line per instance."""
+        return self.reader == BACKEND
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "INFERENCE_MODE",
+        "`true`: forward under `torch.inference_mode()`; `false`: under `torch.no_grad()` "
+        "(as upstream)",
+        "`true`",
+        "inference_mode",
+        parse_bool,
+    ),
+    Parameter(
+        "ENABLE_GRAD",
+        "our grad policy (server #7974): forward with gradients enabled, for models that "
+        "differentiate at inference; with an explicit `INFERENCE_MODE: true` it is a load error",
+        "`false`",
+        "enable_grad",
+        parse_bool,
+    ),
+    Parameter(
+        "DISABLE_OPTIMIZED_EXECUTION",
+        "`torch._C._set_graph_executor_optimize(False)`, applied on the thread that runs forward",
+        "`false`",
+        "disable_optimized_execution",
+        parse_bool,
+        TORCHSCRIPT_ONLY,
+    ),
+    Parameter(
+        "ENABLE_JIT_EXECUTOR",
+        "TorchScript profiling executor on/off",
+        "unset: torch's default",
+        "enable_jit_executor",
+        parse_bool,
+        TORCHSCRIPT_ONLY,
+    ),
+    Parameter(
+        "ENABLE_JIT_PROFILING",
+        "TorchScript profiling mode on/off",
+        "unset: torch's default",
+        "enable_jit_profiling",
+        parse_bool,
+        TORCHSCRIPT_ONLY,
+    ),
+    Parameter(
+        "ENABLE_TENSOR_FUSER",
+        "TorchScript TensorExpr fuser on/off",
+        "unset: torch's default",
+        "enable_tensor_fuser",
+        parse_bool,
+        TORCHSCRIPT_ONLY,
+    ),
+    Parameter(
+        "ENABLE_NVFUSER",
+        "accepted; logs that NVFuser was removed from PyTorch",
+        "unset",
+        "enable_nvfuser",
+        parse_bool,
+        NO_KIND,
+    ),
+    Parameter(
+        "DISABLE_CUDNN",
+        "`torch.backends.cudnn.enabled = False` for this instance",
+        "`false`",
+        "disable_cudnn",
+        parse_bool,
+    ),
+    Parameter(
+        "ENABLE_CACHE_CLEANING",
+        "`torch.cuda.empty_cache()` after each execution on a GPU instance (or KIND_MODEL with "
+        "GPUs); nothing on CPU",
+        "`false`",
+        "enable_cache_cleaning",
+        parse_bool,
+    ),
+    Parameter(
+        "INTRA_OP_THREAD_COUNT",
+        "`torch.set_num_threads(n)`. Unset and the model has several KIND_CPU instances: each "
+        "gets max(1, allowed CPUs ÷ CPU instances) instead of oversubscribing",
+        "unset",
+        "intra_op_thread_count",
+        parse_thread_count,
+        aliases=("NUM_THREADS",),
+    ),
+    Parameter(
+        "INTER_OP_THREAD_COUNT",
+        "`torch.set_num_interop_threads(n)`",
+        "unset",
+        "inter_op_thread_count",
+        parse_thread_count,
+        aliases=("NUM_INTEROP_THREADS",),
+    ),
+    Parameter(
+        "ENABLE_WEIGHT_SHARING",
+        "KIND_CPU instances of one model version map their weights from one shared file in "
+        "`/dev/shm` instead of each holding a copy (see below)",
+        "`false`",
+        "enable_weight_sharing",
+        parse_bool,
+        TORCHSCRIPT_ONLY,
+    ),
+    Parameter(
+        "CUSTOM_OP_LIBRARIES",
+        "comma- or colon-separated shared libraries loaded with `torch.ops.load_library` before "
+        "the model (relative paths: from the version directory); a missing one fails the load",
+        "none",
+        "custom_op_libraries",
+        parse_library_list,
+    ),
+    Parameter(
+        "MODEL_FILENAME",
+        "the artifact's file name inside the version directory (needed in drop-in mode)",
+        "unset",
+        "model_filename",
+        parse_file_name,
+    ),
+    Parameter(
+        "FORCE_CPU_ONLY_INPUT_TENSORS",
+        "read by Triton's Python backend itself",
+        "",
+        reader=PYTHON_BACKEND,
+    ),
+    Parameter(
+        "EXECUTION_ENV_PATH",
+        "read by Triton's Python backend itself",
+        "",
+        reader=PYTHON_BACKEND,
+    ),
+    Parameter(
+        "TORCH_COMPILE_OPTIONAL_PARAMETERS",
+        "accepted with a warning: it only configures torch.compile of nn.Module models in "
+        "upstream's Python runtime; this backend serves TorchScript and AOTInductor artifacts, "
+        "which it does not recompile",
+        "",
+        applies_to=NO_KIND,
+        reader=IGNORED,
+    ),
+)
+
+BY_KEY: Mapping[str, Parameter] = {key: p for p in PARAMETERS for key in p.keys}
+KNOWN_KEYS: tuple[str, ...] = tuple(BY_KEY)
+
+
+def closest_key(key: str) -> str | None:
+    """The known key most similar to ``key`` (case-insensitive comparison), if any is close."""
+    by_upper = {k.upper(): k for k in KNOWN_KEYS}
+    match = difflib.get_close_matches(key.upper(), list(by_upper), n=1, cutoff=0.6)
+    return by_upper[match[0]] if match else None
+
+
+def parse_parameters(
+    model_name: str, raw: Mapping[str, str], warn: Callable[[str], None]
+) -> BackendParameters:
+    """Parse the config's string-valued ``parameters``; bad values raise ModelLoadError."""
+    values: dict[str, object] = {}
+    for parameter in PARAMETERS:
+        if parameter.field is None or parameter.parse is None:
+            continue
+        given = {k: raw[k] for k in parameter.keys if k in raw}
+        parsed = {k: parameter.parse(model_name, k, v) for k, v in given.items()}
+        if len(set(parsed.values())) > 1:
+            first, second = list(given)[:2]
+            raise ModelLoadError(
+                f"parameters '{first}' = {given[first]!r} and '{second}' = {given[second]!r} are "
+                "two spellings of one setting with different values; give only one",
+                model=model_name,
+            )
+        if parsed:
+            values[parameter.field] = next(iter(parsed.values()))
+
+    if values.get("enable_grad") and values.get("inference_mode") is True:
+        raise ModelLoadError(
+            f"parameters 'ENABLE_GRAD' = {raw['ENABLE_GRAD']!r} and 'INFERENCE_MODE' = "
+            f"{raw['INFERENCE_MODE']!r} contradict each other: gradients cannot be enabled under "
+            "inference mode (drop INFERENCE_MODE or set it to false)",
+            model=model_name,
+        )
+    if values.get("enable_grad"):
+        values["inference_mode"] = False
+
+    for key in raw:
+        parameter = BY_KEY.get(key)
+        if parameter is not None and parameter.reader == IGNORED:
+            warn(f"parameter '{key}' has no effect here: {parameter.effect.split(': ', 1)[-1]}")
+        elif parameter is None:
+            suggestion = closest_key(key)
+            hint = (
+                f"did you mean '{suggestion}'?"
+                if suggestion
+                else "known keys: " + ", ".join(sorted(KNOWN_KEYS))
+            )
+            warn(f"unknown parameter '{key}' is ignored ({hint})")
+
+    return BackendParameters(**values)  # type: ignore[arg-type]
+
+
+def _applies(parameter: Parameter, kind: ModelKind) -> str:
+    if parameter.reader != BACKEND:
+        return ""
+    if not parameter.applies_to:
+        return "—"
+    return "yes" if kind in parameter.applies_to else "no effect"
+
+
+def markdown_table() -> str:
+    """The README's parameter table, generated from :data:`PARAMETERS`."""
+    lines = [
+        "| parameter | default | effect | TorchScript | .pt2 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for p in PARAMETERS:
+        name = f"`{p.key}`" + (
+            f" (alias {', '.join(f'`{a}`' for a in p.aliases)})" if p.aliases else ""
+        )
+        cells = (
+            name,
+            p.default,
+            p.effect,
+            _applies(p, ModelKind.TORCHSCRIPT),
+            _applies(p, ModelKind.AOTI),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

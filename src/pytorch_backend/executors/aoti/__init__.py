@@ -1,0 +1,1 @@
+"""AOT-Inductor packages (``model.pt2``): call-spec naming, the batch-range probe, the executor."""

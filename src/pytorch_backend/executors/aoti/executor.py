@@ -1,0 +1,205 @@
+"""Executor for AOT-Inductor packages (``model.pt2``, ``platform: "torch_aoti"``).
+
+Loading:
+
+1. The file is classified first, so that a TorchScript archive, a ``torch.save`` checkpoint, an
+   exported program without compiled code or garbage gets an error saying what it is.
+2. ``torch._inductor.aoti_load_package(path, device_index=...)`` loads the package (imported
+   lazily: the adapter fixes the locale before), with ``AOTI_RUNTIME_CHECK_INPUTS`` set so the
+   generated input checks stay on for this model (a wrong shape then fails cleanly instead of
+   reading out of bounds).
+3. The call spec is named (:mod:`.callspec`) and bound to the config names.
+4. The package is probed (:mod:`.probe`) for its batch range, dtypes and fixed dims.
+
+Running: inputs are flattened in leaf order and made contiguous. Batches below the exported
+minimum (AOTI compiles ``Dim(min=1)`` as a lower bound of 2) are padded by repeating the last
+row, and the padding is dropped from the outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...config import ModelConfig
+from ...errors import ExecutionError, RequestError
+from ...logs import InstanceLog
+from .. import artifacts
+from ..base import Capabilities, LoadContext
+from .callspec import CallSpec, CallSpecError, load_error, parse_call_spec, resolve_bindings
+from .probe import CHECK_RE, PackageProbe
+
+_CHECK_ENV = "AOTI_RUNTIME_CHECK_INPUTS"
+_MODEL_NAME = "model"  # the model name inside the archive, as in upstream
+_LOAD_LOCK = threading.Lock()  # the environment variable is process-wide
+
+
+def _package_device_key(path: Path) -> str | None:
+    """``AOTI_DEVICE_KEY`` ("cpu", "cuda", ...) from the package's metadata files, if present."""
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            if f"/data/aotinductor/{_MODEL_NAME}/" in name and name.endswith("metadata.json"):
+                try:
+                    key = json.loads(zf.read(name)).get("AOTI_DEVICE_KEY")
+                except (ValueError, AttributeError):
+                    continue
+                if key:
+                    return str(key)
+    return None
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+class AotiExecutor:
+    """Runs an AOT-Inductor package; see the module docstring."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        path: Path,
+        device: torch.device,
+        log: InstanceLog | None = None,
+    ) -> None:
+        self.config = config
+        self.path = Path(path)
+        self.log = log or InstanceLog(config.name)
+        self._check_file()
+        with _LOAD_LOCK, _env(_CHECK_ENV, "1"):
+            self._loader = self._load(device)
+            try:
+                self.call_spec: CallSpec = parse_call_spec(*self._loader.get_call_spec())
+            except CallSpecError as e:
+                raise load_error(config, e) from e
+            self.bindings = resolve_bindings(self.call_spec, config)
+            probe = PackageProbe(
+                config,
+                self.path,
+                self._loader,
+                self.bindings,
+                self.call_spec,
+                self.input_device,
+                self.log,
+            )
+            self.batch_range, fills = probe.run()
+        offset = 1 if config.batching else 0
+        self.capabilities = Capabilities(
+            devices=(self.input_device,),
+            warmup_shapes={
+                name: tuple(fill[offset:]) for name, fill in zip(self.bindings.inputs, fills)
+            },
+            batch_range=self.batch_range,
+        )
+
+    # -- public ------------------------------------------------------------------------------
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        flat: list[torch.Tensor] = []
+        for name in self.bindings.inputs:
+            value = inputs.get(name)
+            if not isinstance(value, torch.Tensor):
+                raise ExecutionError(f"input '{name}' is missing or not a tensor")
+            flat.append(value.contiguous())
+        batch, pad = 0, 0
+        if self.config.batching and self.batch_range is not None:
+            batch = flat[0].shape[0] if flat[0].dim() else 0
+            pad = self.batch_range[0] - batch if 0 < batch < self.batch_range[0] else 0
+            if pad:
+                flat = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in flat]
+        try:
+            outputs = self._loader.run(flat)
+        except Exception as e:  # noqa: BLE001 - the runner raises RuntimeError and others
+            text = self._explain(e)
+            # The package's own input checks (shape outside the exported range...) are the
+            # request's fault; the engine bisects a batch to find which request it was.
+            error = RequestError if CHECK_RE.search(str(e)) else ExecutionError
+            raise error(f"AOT-Inductor execution failed: {text}") from e
+        result: dict[str, Any] = {}
+        for name, index in self.bindings.outputs.items():
+            value = outputs[index]
+            if not isinstance(value, torch.Tensor):
+                raise ExecutionError(f"output '{name}' is {type(value).__name__}, not a tensor")
+            result[name] = value[:batch] if pad else value
+        return result
+
+    def describe_bindings(self) -> list[str]:
+        leaves_in, leaves_out = self.call_spec.inputs, self.call_spec.outputs
+        inputs = {name: leaves_in[i].describe() for i, name in enumerate(self.bindings.inputs)}
+        outputs = {name: leaves_out[i].describe() for name, i in self.bindings.outputs.items()}
+        return [
+            f"inputs bound to call-spec leaves: {json.dumps(inputs)}",
+            f"outputs bound to call-spec leaves: {json.dumps(outputs)}",
+        ]
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _check_file(self) -> None:
+        path = self.path
+        expected = "an AOTInductor package (.pt2 from torch._inductor.aoti_compile_and_package)"
+        if not path.exists():
+            raise self.config.error(f"model file '{path}' does not exist (expected {expected})")
+        if not path.is_file():
+            raise self.config.error(f"model file '{path}' is not a regular file")
+        if artifacts.identify(path) != artifacts.AOTI:
+            what = artifacts.describe(path)
+            raise self.config.error(f"model file '{path}' is {what}; expected {expected}")
+
+    def _load(self, device: torch.device) -> Any:
+        key = _package_device_key(self.path) or device.type
+        if key == "cuda" and not torch.cuda.is_available():
+            raise self.config.error(
+                f"package '{self.path}' was compiled for CUDA, but CUDA is not available"
+            )
+        if key == "cpu":
+            index = -1
+            self.input_device = torch.device("cpu")
+        else:
+            # As upstream: a GPU instance passes its index; otherwise -1 (the current device).
+            index = device.index if device.type == key and device.index is not None else -1
+            if index < 0 and key == "cuda":
+                index = torch.cuda.current_device()
+            self.input_device = torch.device(key, index)
+        # Lazy: the adapter fixes the locale before torch._inductor is imported.
+        from torch._inductor import aoti_load_package
+
+        try:
+            compiled = aoti_load_package(str(self.path), device_index=index)
+        except Exception as e:  # noqa: BLE001 - the loader raises RuntimeError and others
+            raise self.config.error(
+                f"failed to load AOT-Inductor package '{self.path}': {e}"
+            ) from e
+        return compiled.loader
+
+    def _explain(self, error: Exception) -> str:
+        text = str(error).strip()
+        check = CHECK_RE.search(text)
+        if check and int(check.group(1)) < len(self.bindings.inputs):
+            leaf = int(check.group(1))
+            text += f" (input_handles[{leaf}] is input '{self.bindings.inputs[leaf]}')"
+        return text
+
+
+def load(context: LoadContext) -> AotiExecutor:
+    """The registry's factory. KIND_MODEL runs the package where it was compiled for."""
+    device = context.device
+    if device is None:
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    return AotiExecutor(context.config, context.path, device, context.log)

@@ -1,0 +1,1 @@
+"""TorchScript models (``model.pt``): argument binding and the executor."""

@@ -1,0 +1,172 @@
+"""The composition root: from Triton's instance arguments to a ready-to-serve :class:`Instance`.
+
+:func:`build_instance` reads as the list of load phases, in order: parse the config and its
+parameters, pick the device, apply the torch settings, resolve the model kind and its artifact,
+load the executor through the registry, share weights, assemble the hooks and the engine, log
+what was done. Nothing here touches Triton, so every phase is unit-tested with plain torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import (
+    BackendParameters,
+    InstanceKind,
+    ModelConfig,
+    ModelKind,
+    parse_model_config,
+    parse_parameters,
+)
+from .engine import InferenceEngine
+from .errors import PyTorchBackendError
+from .executors.base import Executor, LoadContext
+from .executors.registry import REGISTRY, artifact_path, resolve_kind
+from .hooks import Hook, Hooks
+from .logs import InstanceLog, Sink
+from .requests import Outcome, RequestInputs
+from .runtime.devices import InstanceStream, activate_device, resolve_instance_device
+from .runtime.execution import CacheCleaningHook, GradPolicyHook, StreamHook
+from .runtime.report import EffectiveSettings, effective_lines
+from .runtime.settings import RuntimeSettings, apply_runtime_settings
+
+
+@dataclass(frozen=True)
+class InstanceArgs:
+    """What Triton tells one instance at ``initialize``, as plain values."""
+
+    model_config: str | Mapping[str, Any]  # Triton's model config (JSON text or parsed)
+    instance_name: str
+    kind: InstanceKind
+    device_id: int
+    model_dir: Path  # <repository>/<model>
+    version: str
+
+    @property
+    def version_dir(self) -> Path:
+        return self.model_dir / self.version
+
+    @classmethod
+    def from_triton(cls, args: Mapping[str, str]) -> InstanceArgs:
+        """From the ``args`` dict the Python backend passes to ``initialize``."""
+        return cls(
+            model_config=args["model_config"],
+            instance_name=args.get("model_instance_name", ""),
+            kind=InstanceKind.parse(args.get("model_instance_kind", "CPU") or "CPU"),
+            device_id=int(args.get("model_instance_device_id", 0) or 0),
+            model_dir=Path(args["model_repository"]),
+            version=str(args["model_version"]),
+        )
+
+
+@dataclass
+class Instance:
+    """One loaded model instance: serves requests until :meth:`close`."""
+
+    config: ModelConfig
+    params: BackendParameters
+    kind: ModelKind
+    device: torch.device | None  # None: KIND_MODEL
+    executor: Executor
+    engine: InferenceEngine
+    log: InstanceLog
+    shared_weights: Any | None = None  # runtime.weight_sharing.SharedWeightsInfo
+
+    def infer(self, requests: Sequence[RequestInputs | PyTorchBackendError]) -> list[Outcome]:
+        return self.engine.infer(requests)
+
+    def close(self) -> None:
+        """Release what the instance holds (the shared-weights reference); idempotent."""
+        shared, self.shared_weights = self.shared_weights, None
+        if shared is not None:
+            shared.release()
+
+
+def build_instance(args: InstanceArgs, sink: Sink | None = None) -> Instance:
+    """Load one instance; a load failure raises a PyTorchBackendError naming the model."""
+    config = parse_model_config(args.model_config)
+    log = InstanceLog(config.name, args.instance_name or f"{config.name}_0", sink)
+    try:
+        return _build(args, config, log)
+    except PyTorchBackendError as error:
+        raise error.for_model(config.name, log.instance) from None
+
+
+def _build(args: InstanceArgs, config: ModelConfig, log: InstanceLog) -> Instance:
+    params = _parameters(config, args, log)
+    device = resolve_instance_device(args.kind, args.device_id, config.name)
+    activate_device(device)
+    settings = apply_runtime_settings(params, config, device)
+    kind = resolve_kind(config)
+    path = artifact_path(config, kind, args.version_dir, params.model_filename)
+    executor = REGISTRY[kind].load(LoadContext(config, path, device, log))
+    shared, sharing = _share_weights(params, args, kind, path, device, executor, log)
+    engine = InferenceEngine(config, executor, _hooks(params, settings, device, executor))
+    effective = EffectiveSettings(params, settings, device, config.cpu_instance_count, sharing)
+    for line in effective_lines(effective):
+        log.info(line)
+    where = device if device is not None else "the model's own devices (KIND_MODEL)"
+    log.info(f"loaded {kind.value} '{path}' on {where}")
+    for line in executor.describe_bindings():
+        log.info(line)
+    return Instance(config, params, kind, device, executor, engine, log, shared)
+
+
+def _parameters(config: ModelConfig, args: InstanceArgs, log: InstanceLog) -> BackendParameters:
+    params = parse_parameters(config.name, config.parameters, warn=log.warn)
+    # Relative CUSTOM_OP_LIBRARIES entries are relative to the version directory.
+    libraries = tuple(str(args.version_dir / lib) for lib in params.custom_op_libraries)
+    return dataclasses.replace(params, custom_op_libraries=libraries)
+
+
+def _share_weights(
+    params: BackendParameters,
+    args: InstanceArgs,
+    kind: ModelKind,
+    path: Path,
+    device: torch.device | None,
+    executor: Executor,
+    log: InstanceLog,
+) -> tuple[Any | None, str]:
+    """``ENABLE_WEIGHT_SHARING``, decided here only: the shared weights and the logged value."""
+    if not params.enable_weight_sharing:
+        return None, "false"
+    module = executor.capabilities.shareable_module
+    if device is None:
+        reason = "KIND_MODEL instances keep the devices the model chose"
+    elif device.type != "cpu":
+        reason = (
+            "CUDA instances cannot share weights across processes (each process has its own "
+            "CUDA context)"
+        )
+    elif module is None:
+        reason = f"an {kind.value} keeps its weights inside its compiled code"
+    else:
+        from .runtime.weight_sharing import share_module_weights, weights_key
+
+        key = weights_key(log.model, args.version, path)
+        return share_module_weights(module, key, log=log.info, warn=log.warn), "true"
+    return None, f"true, no effect: {reason}"
+
+
+def _hooks(
+    params: BackendParameters,
+    settings: RuntimeSettings,
+    device: torch.device | None,
+    executor: Executor,
+) -> Hooks:
+    hooks: list[Hook] = []
+    # KIND_MODEL: one stream per GPU the model's tensors live on (none on CPU).
+    stream = InstanceStream(device if device is not None else executor.capabilities.devices)
+    if stream.enabled:
+        hooks.append(StreamHook(stream))
+    hooks.append(GradPolicyHook(params))
+    if settings.cache_cleaning:
+        hooks.append(CacheCleaningHook())
+    return Hooks(hooks)

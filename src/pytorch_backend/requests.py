@@ -1,0 +1,27 @@
+"""A request as the engine sees it: named torch inputs and the outputs it asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+from .errors import PyTorchBackendError
+from .strings import Strings
+
+#: A tensor, or a list of strings for ``TYPE_STRING`` tensors (what executors take and return).
+Value = Union[torch.Tensor, list]
+#: What one request carries per input: a tensor, or its decoded strings with their shape.
+InputValue = Union[torch.Tensor, Strings]
+#: One request's answer: its requested outputs by name, or the error it gets.
+Outcome = Union[dict[str, Value], PyTorchBackendError]
+
+
+@dataclass(frozen=True)
+class RequestInputs:
+    """One request: its named inputs and the outputs it asked for (``None``: all)."""
+
+    inputs: Mapping[str, InputValue]
+    requested_outputs: frozenset[str] | None = None

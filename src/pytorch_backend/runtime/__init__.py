@@ -1,0 +1,1 @@
+"""Per-instance torch state: settings, devices and streams, execution hooks, weight sharing."""

@@ -1,0 +1,136 @@
+"""The effective value of every setting, one log line each, in the parameter registry's order.
+
+``pytorch_backend: model 'm' instance 'm_0': INFERENCE_MODE = true (grad policy: ...)``. Every
+key of :data:`~pytorch_backend.config.parameters.PARAMETERS` that this backend reads has a
+describer here (a unit test checks it), so adding a parameter without its log line fails a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ..config import BackendParameters
+from ..config.parameters import PARAMETERS
+from .settings import RuntimeSettings, available_cpus
+
+
+@dataclass(frozen=True)
+class EffectiveSettings:
+    """What the log lines describe: the parameters, what torch took, and the load's decisions."""
+
+    params: BackendParameters
+    settings: RuntimeSettings
+    device: torch.device | None  # None: KIND_MODEL
+    cpu_instances: int
+    weight_sharing: str  # the decision, as logged ("true", "false", "true, no effect: ...")
+
+
+def on_off(value: bool | None) -> str:
+    return "unknown" if value is None else ("true" if value else "false")
+
+
+def _given(value: object) -> str:
+    return "given" if value is not None else "not given, torch default"
+
+
+def _inference_mode(e: EffectiveSettings) -> str:
+    return f"{on_off(e.params.inference_mode)} (grad policy: {e.settings.grad_policy.value})"
+
+
+def _optimized(e: EffectiveSettings) -> str:
+    state = "on" if e.settings.optimized_execution else "off"
+    return (
+        f"{on_off(e.params.disable_optimized_execution)} (graph executor optimization {state}, "
+        "applied on the forward thread)"
+    )
+
+
+def _jit(effective: Callable[[RuntimeSettings], bool | None], given: str) -> Describer:
+    def describe(e: EffectiveSettings) -> str:
+        return f"{on_off(effective(e.settings))} ({_given(getattr(e.params, given))})"
+
+    return describe
+
+
+def _nvfuser(e: EffectiveSettings) -> str:
+    if e.params.enable_nvfuser is None:
+        return "not given (NVFuser was removed from PyTorch)"
+    return (
+        f"{on_off(e.params.enable_nvfuser)} ignored: NVFuser was removed from PyTorch "
+        "(use ENABLE_TENSOR_FUSER for TorchScript fusion)"
+    )
+
+
+def _cudnn(e: EffectiveSettings) -> str:
+    state = "enabled" if e.settings.cudnn_enabled else "disabled"
+    available = "available" if torch.backends.cudnn.is_available() else "not available"
+    return f"{on_off(e.params.disable_cudnn)} (cuDNN {state}, {available})"
+
+
+def _cache_cleaning(e: EffectiveSettings) -> str:
+    if not e.params.enable_cache_cleaning:
+        return "false"
+    if e.settings.cache_cleaning:
+        return "true (torch.cuda.empty_cache() after every execute)"
+    if e.device is not None and e.device.type == "cpu":
+        return "true (no effect on a CPU instance)"
+    return "true (no effect: no GPU is visible)"
+
+
+def _intra(e: EffectiveSettings) -> str:
+    threads = e.settings.intra_op_threads
+    if e.params.intra_op_thread_count is not None:
+        return str(threads)
+    if e.settings.thread_budget is not None:
+        return f"{threads} (not given: {available_cpus()} CPUs / {e.cpu_instances} CPU instances)"
+    return f"{threads} (not given, torch default)"
+
+
+def _inter(e: EffectiveSettings) -> str:
+    threads = e.settings.inter_op_threads
+    requested = e.params.inter_op_thread_count
+    if e.settings.inter_op_refused is not None:
+        return f"{threads} (requested {requested} was not applied: {e.settings.inter_op_refused})"
+    return str(threads) if requested else f"{threads} (not given, torch default)"
+
+
+def _libraries(e: EffectiveSettings) -> str:
+    libraries = e.params.custom_op_libraries
+    return ", ".join(libraries) + " (loaded)" if libraries else "none"
+
+
+Describer = Callable[[EffectiveSettings], str]
+
+DESCRIBERS: Mapping[str, Describer] = {
+    "INFERENCE_MODE": _inference_mode,
+    "ENABLE_GRAD": lambda e: on_off(e.params.enable_grad),
+    "DISABLE_OPTIMIZED_EXECUTION": _optimized,
+    "ENABLE_JIT_EXECUTOR": _jit(lambda s: s.jit_executor, "enable_jit_executor"),
+    "ENABLE_JIT_PROFILING": _jit(lambda s: s.jit_profiling, "enable_jit_profiling"),
+    "ENABLE_TENSOR_FUSER": _jit(lambda s: s.tensor_fuser, "enable_tensor_fuser"),
+    "ENABLE_NVFUSER": _nvfuser,
+    "DISABLE_CUDNN": _cudnn,
+    "ENABLE_CACHE_CLEANING": _cache_cleaning,
+    "INTRA_OP_THREAD_COUNT": _intra,
+    "INTER_OP_THREAD_COUNT": _inter,
+    "ENABLE_WEIGHT_SHARING": lambda e: e.weight_sharing,
+    "CUSTOM_OP_LIBRARIES": _libraries,
+    "MODEL_FILENAME": lambda e: e.params.model_filename or "not given",
+}
+
+
+def effective_lines(effective: EffectiveSettings) -> list[str]:
+    """``KEY = value`` for the device and every logged parameter, in registry order."""
+    device = (
+        str(effective.device)
+        if effective.device is not None
+        else "chosen by the model (KIND_MODEL)"
+    )
+    lines = [f"device = {device}"]
+    for parameter in PARAMETERS:
+        if parameter.logged:
+            lines.append(f"{parameter.key} = {DESCRIBERS[parameter.key](effective)}")
+    return lines
