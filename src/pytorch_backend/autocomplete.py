@@ -108,7 +108,7 @@ def complete_config(
     if complete and header.max_batch_size > 0:
         return Completion()
     try:
-        io = _describe(header, Path(version_dir), log)
+        io = _describe(header, Path(version_dir), log, need_tensors=not complete)
     except PyTorchBackendError as error:
         if not complete:
             raise error.for_model(header.name) from None
@@ -125,13 +125,16 @@ def complete_config(
         raise error.for_model(header.name) from None
 
 
-def _describe(header: ModelConfig, version_dir: Path, log: InstanceLog) -> ModelIO | None:
+def _describe(
+    header: ModelConfig, version_dir: Path, log: InstanceLog, need_tensors: bool
+) -> ModelIO | None:
     params = parse_parameters(header.name, header.parameters, warn=lambda _: None)
     libraries = tuple(str(version_dir / lib) for lib in params.custom_op_libraries)
     load_custom_op_libraries(header.name, libraries)
     kind = resolve_kind(header)
     path = artifact_path(header, kind, version_dir, params.model_filename)
-    return REGISTRY[kind].describe(DescribeContext(header, path, log))
+    context = DescribeContext(header, path, log, need_tensors=need_tensors)
+    return REGISTRY[kind].describe(context)
 
 
 def _dims_text(dims: Sequence[int]) -> str:

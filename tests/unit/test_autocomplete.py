@@ -219,3 +219,16 @@ def test_apply_merges_by_name_like_pb_utils():
         "max_batch_size": 2,
         "dynamic_batching": {},
     }
+
+
+def test_complete_torchscript_config_without_sidecar_is_not_opened(tmp_path):
+    target = tmp_path / "1"
+    target.mkdir()
+    (target / "model.pt").write_bytes(b"not even a zip")  # the load reports it, not completion
+    written = {
+        "name": "m",
+        "backend": "pytorch_python",
+        "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [2]}],
+        "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [2]}],
+    }
+    assert complete_config(written, target).empty

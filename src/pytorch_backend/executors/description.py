@@ -77,6 +77,9 @@ class DescribeContext:
     path: Path
     log: InstanceLog
     device: torch.device = torch.device("cpu")
+    #: False when the config already declares every tensor (only batching is in question), so
+    #: a describer that cannot tell batching without opening the file may return at once.
+    need_tensors: bool = True
 
 
 def sidecar_path(artifact: Path) -> Path:

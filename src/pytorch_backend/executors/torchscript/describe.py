@@ -32,6 +32,8 @@ def describe(context: DescribeContext) -> ModelIO:
         raise context.config.error(str(error)) from None
     if sidecar is not None:
         return sidecar
+    if not context.need_tensors:  # without a sidecar a TorchScript file cannot tell batching
+        return ModelIO((), (), source=f"the TorchScript file {context.path.name}")
     module = load_torchscript(context.config, context.path, map_location=torch.device("cpu"))
     signature = signature_of(module)
     batching = context.config.max_batch_size > 0
