@@ -144,3 +144,12 @@ def test_cli_package_then_check(tmp_path, monkeypatch, capsys):
         == 1
     )
     assert "cannot import nowhere:build" in capsys.readouterr().err
+
+
+def test_read_config_keeps_an_empty_reshape(tmp_path):
+    path = tmp_path / "config.pbtxt"
+    path.write_text(
+        'name: "s"\nbackend: "pytorch_python"\nmax_batch_size: 2\n'
+        'input [ { name: "t" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]\n'
+    )
+    assert read_config(path)["input"][0]["reshape"] == {"shape": []}

@@ -60,9 +60,17 @@ def read_config(path: Path) -> dict[str, Any]:
     from tritonclient.grpc import model_config_pb2
 
     message = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-    return json.loads(
-        json_format.MessageToJson(message, preserving_proto_field_name=True)
-    )  # int64 fields (dims) come back as strings; the config parser takes both
+    # Print empty repeated fields too, as Triton does: an empty ``reshape { }`` must stay
+    # ``{"shape": []}``. int64 fields (dims) come back as strings; the config parser takes both.
+    try:
+        text = json_format.MessageToJson(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+    except TypeError:  # protobuf < 5
+        text = json_format.MessageToJson(
+            message, preserving_proto_field_name=True, including_default_value_fields=True
+        )
+    return json.loads(text)
 
 
 def _instance_kind(config: dict[str, Any]) -> InstanceKind:
