@@ -95,7 +95,7 @@ def test_eager_package_layout(tmp_path):
     state = torch.load(model_dir / "1" / "model.pt", weights_only=True)
     assert sorted(state) == ["lin.bias", "lin.weight"]
     config = read_config(model_dir / "config.pbtxt")
-    assert config["backend"] == "pytorch_python" and "platform" not in config
+    assert config["backend"] == "pytorch_python" and config["platform"] == ""
     assert [i["name"] for i in config["input"]] == ["x", "y"]
 
 
