@@ -41,6 +41,7 @@ REQUESTS: dict[str, dict[str, np.ndarray]] = {
     },
     "aoti_nested_ordinal": {f"INPUT__{i}": v for i, v in enumerate([*AOTI_LEAVES, SCALE])},
     "dropin_python": {"INPUT__0": X},
+    "packaged_mlp": {"ARGS[0]": X},  # config.pbtxt written by pytorch_backend.package
 }
 OUTPUTS = {
     "mlp_batched": ["OUTPUT__0"],
@@ -50,6 +51,7 @@ OUTPUTS = {
     "aoti_nested": ["RESULT[total]", "RESULT[parts][0]", "RESULT[parts][1]"],
     "aoti_nested_ordinal": ["OUTPUT__0", "OUTPUT__1", "OUTPUT__2"],
     "dropin_python": ["OUTPUT__0"],
+    "packaged_mlp": ["RESULT"],
 }
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pytorch_backend.serving.examples import DROPIN_MODEL, MODELS
+from pytorch_backend.serving.examples import DROPIN_MODEL, MODELS, PACKAGED_MODEL
 
 
 def _ascii_upper(text: str) -> str:
@@ -34,10 +34,13 @@ def reference_outputs(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str,
     STRING tensors are ``np.object_`` arrays (``bytes`` or ``str`` elements in, ``bytes`` out)
     shaped ``[B]`` or ``[B, 1]``; string outputs are returned shaped ``[B]``.
     """
-    if model in ("mlp_batched", DROPIN_MODEL):
-        x = np.asarray(inputs["INPUT__0"], dtype=np.float32)
+    if model in ("mlp_batched", DROPIN_MODEL, PACKAGED_MODEL):
+        name_in, name_out = (
+            ("ARGS[0]", "RESULT") if model == PACKAGED_MODEL else ("INPUT__0", "OUTPUT__0")
+        )
+        x = np.asarray(inputs[name_in], dtype=np.float32)
         out = np.stack([x.sum(1), np.abs(x).sum(1), x[:, 0] - x[:, 3] + 1], axis=1)
-        return {"OUTPUT__0": out.astype(np.float32)}
+        return {name_out: out.astype(np.float32)}
     if model == "named_multi_output":
         image = np.asarray(inputs["image"], dtype=np.float32)
         scale = np.asarray(inputs["scale"], dtype=np.float32)

@@ -14,6 +14,7 @@ must be installed where the Python backend stub runs.
 from __future__ import annotations
 
 import locale
+from pathlib import Path
 
 
 def _use_utf8_locale() -> None:
@@ -34,6 +35,7 @@ try:
     import torch
 
     from pytorch_backend import logs
+    from pytorch_backend.autocomplete import complete_config
     from pytorch_backend.errors import PyTorchBackendError, RequestError
     from pytorch_backend.instance import Instance, InstanceArgs, build_instance
     from pytorch_backend.requests import RequestInputs
@@ -68,8 +70,40 @@ class _TritonSink:
 logs.set_sink(_TritonSink())
 
 
+def _version_dir() -> Path:
+    """The version directory of the model being auto-completed.
+
+    ``pb_utils.get_model_dir()`` (Python backend 24.x) returns it; older stubs only have it as the
+    directory of their first argument, the model's ``<version>/model.py`` path.
+    """
+    get_model_dir = getattr(pb_utils, "get_model_dir", None)
+    if get_model_dir is not None:
+        return Path(get_model_dir())
+    with open("/proc/self/cmdline", "rb") as f:
+        return Path(f.read().split(b"\0")[1].decode()).parent
+
+
 class TritonPythonModel:
     """One model instance: load at ``initialize``, serve batches at ``execute``."""
+
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        """Fill what config.pbtxt leaves out from the model file (see ``autocomplete``)."""
+        completion = complete_config(auto_complete_model_config.as_dict(), _version_dir())
+        for entry in completion.inputs:
+            auto_complete_model_config.add_input(entry)
+        for entry in completion.outputs:
+            auto_complete_model_config.add_output(entry)
+        if completion.reshapes:  # add_input/add_output cannot say reshape: set it in the dict
+            config = auto_complete_model_config.as_dict()
+            for item in [*config.get("input", ()), *config.get("output", ())]:
+                if item.get("name") in completion.reshapes:
+                    item["reshape"] = {"shape": completion.reshapes[item["name"]]}
+        if completion.max_batch_size is not None:
+            auto_complete_model_config.set_max_batch_size(completion.max_batch_size)
+        if completion.dynamic_batching:
+            auto_complete_model_config.set_dynamic_batching()
+        return auto_complete_model_config
 
     def initialize(self, args: dict[str, str]) -> None:
         self._instance: Instance = build_instance(InstanceArgs.from_triton(args))

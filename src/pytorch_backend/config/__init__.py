@@ -1,7 +1,13 @@
 """What a model's configuration says, parsed once at load into frozen dataclasses and enums."""
 
 from .enums import GradPolicy, InstanceKind, ModelKind, NamingConvention
-from .model_config import InstanceGroup, ModelConfig, TensorSpec, parse_model_config
+from .model_config import (
+    InstanceGroup,
+    ModelConfig,
+    TensorSpec,
+    parse_model_config,
+    parse_model_header,
+)
 from .parameters import BackendParameters, parse_parameters
 
 __all__ = [
@@ -14,5 +20,6 @@ __all__ = [
     "NamingConvention",
     "TensorSpec",
     "parse_model_config",
+    "parse_model_header",
     "parse_parameters",
 ]

@@ -145,6 +145,25 @@ def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
     return config
 
 
+def parse_model_header(raw: str | Mapping[str, Any]) -> ModelConfig:
+    """A partial config's fields that select and find the artifact, without its tensors.
+
+    For auto-completion, which runs before the inputs and outputs are known: nothing is validated.
+    """
+    data: Mapping[str, Any] = json.loads(raw) if isinstance(raw, str) else raw
+    name = data.get("name", "")
+    return ModelConfig(
+        name=name,
+        platform=data.get("platform", "") or "",
+        backend=data.get("backend", "") or "",
+        default_model_filename=data.get("default_model_filename", "") or "",
+        max_batch_size=int(data.get("max_batch_size", 0) or 0),
+        inputs=(),
+        outputs=(),
+        parameters=MappingProxyType(_string_parameters(name, data.get("parameters", {}))),
+    )
+
+
 def _validate(config: ModelConfig) -> None:
     if config.sequence_batching:
         raise config.error(

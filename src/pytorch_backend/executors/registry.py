@@ -1,7 +1,8 @@
 """Which executor serves a model: its kind, its artifact, and the factory that loads it.
 
 The kind is resolved once, here. Adding a kind means one module with a ``load(LoadContext)``
-factory and one :data:`REGISTRY` entry.
+factory and one :data:`REGISTRY` entry; a ``describe(DescribeContext) -> ModelIO`` function
+next to it lets config auto-completion fill that kind's inputs and outputs.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import ModelConfig, ModelKind
 from .base import Executor, LoadContext
+from .description import DescribeContext, ModelIO
 
 AOTI_PLATFORM = "torch_aoti"
 
@@ -25,18 +28,33 @@ class KindEntry:
     default_filename: str
     platform: str  # the config platform that selects it, for hints
     factory: str  # "module:function" under this package, imported on first use
+    #: "module:function" describing the file's I/O for config auto-completion (None: cannot).
+    describer: str | None = None
 
     def load(self, context: LoadContext) -> Executor:
-        module_name, function = self.factory.split(":")
-        module = importlib.import_module(module_name, package=__package__)
-        return getattr(module, function)(context)
+        return _function(self.factory)(context)
+
+    def describe(self, context: DescribeContext) -> ModelIO | None:
+        """What the artifact says about its inputs and outputs (None: this kind cannot say)."""
+        return _function(self.describer)(context) if self.describer else None
+
+
+def _function(path: str) -> Any:
+    module_name, function = path.split(":")
+    return getattr(importlib.import_module(module_name, package=__package__), function)
 
 
 REGISTRY: Mapping[ModelKind, KindEntry] = {
     ModelKind.TORCHSCRIPT: KindEntry(
-        ModelKind.TORCHSCRIPT, "model.pt", "pytorch_libtorch", ".torchscript.executor:load"
+        ModelKind.TORCHSCRIPT,
+        "model.pt",
+        "pytorch_libtorch",
+        ".torchscript.executor:load",
+        ".torchscript.describe:describe",
     ),
-    ModelKind.AOTI: KindEntry(ModelKind.AOTI, "model.pt2", AOTI_PLATFORM, ".aoti.executor:load"),
+    ModelKind.AOTI: KindEntry(
+        ModelKind.AOTI, "model.pt2", AOTI_PLATFORM, ".aoti.executor:load", ".aoti.describe:describe"
+    ),
 }
 
 

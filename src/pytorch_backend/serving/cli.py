@@ -155,6 +155,72 @@ def _examples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    repo = Path(args.repo)
+    _check_repository(repo)
+    from .check import check_repository
+
+    results = check_repository(repo, report=print, verbose=args.verbose)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _example(spec: str, index: int) -> object:
+    """``2,4`` or ``2,4:int64`` -> a random tensor of that shape and dtype."""
+    import torch
+
+    shape_text, _, dtype_name = spec.partition(":")
+    try:
+        shape = [int(d) for d in shape_text.split(",") if d.strip()]
+    except ValueError:
+        raise CliError(
+            f"--input {spec!r}: the shape must be integers separated by commas"
+        ) from None
+    dtype = getattr(torch, dtype_name or "float32", None)
+    if not isinstance(dtype, torch.dtype):
+        raise CliError(f"--input {spec!r}: {dtype_name!r} is not a torch dtype")
+    generator = torch.Generator().manual_seed(index)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator).to(dtype)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=generator).bool()
+    return torch.randint(0, 10, shape, generator=generator).to(dtype)
+
+
+def _factory(path: str) -> object:
+    import importlib
+
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise CliError(f"{path!r} is not MODULE:FACTORY (e.g. mymodels:build_model)")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise CliError(f"cannot import {path}: {error}") from None
+    return factory()
+
+
+def _package(args: argparse.Namespace) -> int:
+    from .package import PackageError, package
+
+    module = _factory(args.factory)
+    examples = [_example(spec, i) for i, spec in enumerate(args.input)]
+    try:
+        package(
+            module,
+            examples,
+            args.repository,
+            args.name,
+            format=args.format,
+            max_batch_size=args.max_batch_size,
+            version=args.version,
+            overwrite=args.overwrite,
+        )
+    except PackageError as error:
+        raise CliError(str(error)) from None
+    return 0
+
+
 def _backends(args: argparse.Namespace) -> int:
     dest = assemble_backends(Path(args.dest), find_tritonserver())
     print(dest)
@@ -185,6 +251,32 @@ def build_parser() -> argparse.ArgumentParser:
     examples = commands.add_parser("examples", help="build the example model repository")
     examples.add_argument("repo", metavar="REPO", nargs="?", default=DEFAULT_EXAMPLES_REPO)
     examples.set_defaults(func=_examples)
+
+    check = commands.add_parser(
+        "check", help="load every model of a repository offline; exit 1 if any fails"
+    )
+    check.add_argument("repo", metavar="REPO", help="the model repository folder")
+    check.add_argument("--verbose", action="store_true", help="also print what each load logs")
+    check.set_defaults(func=_check)
+
+    pack = commands.add_parser(
+        "package", help="export an nn.Module and write a model directory with its config.pbtxt"
+    )
+    pack.add_argument("factory", metavar="MODULE:FACTORY", help="a callable returning the module")
+    pack.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="SHAPE[:DTYPE]",
+        help="one example positional input, e.g. 2,4 or 2,4:int64 (repeat per argument)",
+    )
+    pack.add_argument("--repository", required=True, metavar="REPO")
+    pack.add_argument("--name", required=True)
+    pack.add_argument("--format", choices=("pt2", "torchscript", "eager"), default="pt2")
+    pack.add_argument("--max-batch-size", type=int, default=0, metavar="N")
+    pack.add_argument("--version", type=int, default=1)
+    pack.add_argument("--overwrite", action="store_true")
+    pack.set_defaults(func=_package)
 
     backends = commands.add_parser(
         "backends", help="write a backends folder for tritonserver --backend-directory"

@@ -34,6 +34,9 @@ The examples (all batching with ``max_batch_size: 8``; ``B`` is the batch dimens
     ``Dim("batch", min=1, max=8)`` and compiled for CPU (the configs use ``KIND_CPU``).
 ``dropin_python`` -- the ``mlp_batched`` model served by a copy of this package's ``model.py``
     placed in ``dropin_python/1/model.py`` (``backend: "python"``).
+``packaged_mlp`` (AOT Inductor) -- the ``mlp_batched`` model written by ``pytorch_backend.package``
+    (``format="pt2"``, ``max_batch_size=8``): the whole folder, ``config.pbtxt`` included, is
+    generated; names ``ARGS[0]`` FP32 ``[B, 4]`` -> ``RESULT`` FP32 ``[B, 3]``.
 
 The NumPy oracle of these outputs lives with the tests (``tests/oracles.py``).
 """
@@ -57,6 +60,7 @@ __all__ = [
     "AOTI_MODELS",
     "BATCH_MAX",
     "MODELS",
+    "PACKAGED_MODEL",
     "TORCHSCRIPT_MODELS",
     "build_examples",
 ]
@@ -67,6 +71,8 @@ TORCHSCRIPT_MODELS = ("mlp_batched", "named_multi_output", "dict_input", "string
 AOTI_MODELS = ("aoti_nested", "aoti_nested_ordinal")
 DROPIN_MODEL = "dropin_python"
 MODELS = TORCHSCRIPT_MODELS + AOTI_MODELS + (DROPIN_MODEL,)
+#: Written entirely (config.pbtxt included) by ``pytorch_backend.package``; nothing committed.
+PACKAGED_MODEL = "packaged_mlp"
 VERSION = "1"
 
 
@@ -254,6 +260,22 @@ def _copy_from(source: Path) -> Callable[[Path], None]:
     return lambda path: shutil.copyfile(source, path)
 
 
+def _build_packaged(repo: Path, stamp: str, log: Callable[[str], None]) -> list[Path]:
+    """``packaged_mlp``: :class:`Mlp` through ``pytorch_backend.package`` (pt2, batching)."""
+    target = repo / PACKAGED_MODEL / VERSION / "model.pt2"
+    if _up_to_date(target, stamp) and (repo / PACKAGED_MODEL / "config.pbtxt").is_file():
+        log(f"{PACKAGED_MODEL}: model.pt2 is up to date")
+        return []
+    from .package import package
+
+    log(f"{PACKAGED_MODEL}: packaging Mlp with pytorch_backend.package (about 30 s)")
+    _stamp_path(target).unlink(missing_ok=True)
+    example = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    package(Mlp(), (example,), repo, PACKAGED_MODEL, max_batch_size=BATCH_MAX, overwrite=True)
+    _stamp_path(target).write_text(stamp, encoding="utf-8")
+    return [repo / PACKAGED_MODEL / "config.pbtxt", target]
+
+
 def build_examples(
     repo: Path, *, aoti: bool = True, log: Callable[[str], None] = print
 ) -> list[Path]:
@@ -303,6 +325,7 @@ def build_examples(
     if not aoti:
         log(f"{', '.join(AOTI_MODELS)}: skipped (aoti=False)")
         return built
+    built += _build_packaged(repo, stamp, log)
     targets = [artifact(m, "model.pt2") for m in AOTI_MODELS]
     stale = [t for t in targets if not _up_to_date(t, stamp)]
     if not stale:

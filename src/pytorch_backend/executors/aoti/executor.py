@@ -56,6 +56,49 @@ def _package_device_key(path: Path) -> str | None:
     return None
 
 
+def check_package_file(config: ModelConfig, path: Path) -> None:
+    """Refuse a missing file or one that is not an AOT-Inductor package, saying what it is."""
+    expected = "an AOTInductor package (.pt2 from torch._inductor.aoti_compile_and_package)"
+    if not path.exists():
+        raise config.error(f"model file '{path}' does not exist (expected {expected})")
+    if not path.is_file():
+        raise config.error(f"model file '{path}' is not a regular file")
+    if artifacts.identify(path) != artifacts.AOTI:
+        what = artifacts.describe(path)
+        raise config.error(f"model file '{path}' is {what}; expected {expected}")
+
+
+@contextlib.contextmanager
+def checked_inputs() -> Iterator[None]:
+    """Load (and first-run) a package with its generated input checks turned on."""
+    with _LOAD_LOCK, _env(_CHECK_ENV, "1"):
+        yield
+
+
+def load_package(config: ModelConfig, path: Path, device: torch.device) -> tuple[Any, torch.device]:
+    """Load the package's runner for ``device``: (loader, the device its inputs must be on)."""
+    key = _package_device_key(path) or device.type
+    if key == "cuda" and not torch.cuda.is_available():
+        raise config.error(f"package '{path}' was compiled for CUDA, but CUDA is not available")
+    if key == "cpu":
+        index = -1
+        input_device = torch.device("cpu")
+    else:
+        # As upstream: a GPU instance passes its index; otherwise -1 (the current device).
+        index = device.index if device.type == key and device.index is not None else -1
+        if index < 0 and key == "cuda":
+            index = torch.cuda.current_device()
+        input_device = torch.device(key, index)
+    # Lazy: the adapter fixes the locale before torch._inductor is imported.
+    from torch._inductor import aoti_load_package
+
+    try:
+        compiled = aoti_load_package(str(path), device_index=index)
+    except Exception as e:  # noqa: BLE001 - the loader raises RuntimeError and others
+        raise config.error(f"failed to load AOT-Inductor package '{path}': {e}") from e
+    return compiled.loader, input_device
+
+
 @contextlib.contextmanager
 def _env(name: str, value: str) -> Iterator[None]:
     old = os.environ.get(name)
@@ -83,7 +126,7 @@ class AotiExecutor:
         self.path = Path(path)
         self.log = log or InstanceLog(config.name)
         self._check_file()
-        with _LOAD_LOCK, _env(_CHECK_ENV, "1"):
+        with checked_inputs():
             self._loader = self._load(device)
             try:
                 self.call_spec: CallSpec = parse_call_spec(*self._loader.get_call_spec())
@@ -152,41 +195,11 @@ class AotiExecutor:
     # -- loading -----------------------------------------------------------------------------
 
     def _check_file(self) -> None:
-        path = self.path
-        expected = "an AOTInductor package (.pt2 from torch._inductor.aoti_compile_and_package)"
-        if not path.exists():
-            raise self.config.error(f"model file '{path}' does not exist (expected {expected})")
-        if not path.is_file():
-            raise self.config.error(f"model file '{path}' is not a regular file")
-        if artifacts.identify(path) != artifacts.AOTI:
-            what = artifacts.describe(path)
-            raise self.config.error(f"model file '{path}' is {what}; expected {expected}")
+        check_package_file(self.config, self.path)
 
     def _load(self, device: torch.device) -> Any:
-        key = _package_device_key(self.path) or device.type
-        if key == "cuda" and not torch.cuda.is_available():
-            raise self.config.error(
-                f"package '{self.path}' was compiled for CUDA, but CUDA is not available"
-            )
-        if key == "cpu":
-            index = -1
-            self.input_device = torch.device("cpu")
-        else:
-            # As upstream: a GPU instance passes its index; otherwise -1 (the current device).
-            index = device.index if device.type == key and device.index is not None else -1
-            if index < 0 and key == "cuda":
-                index = torch.cuda.current_device()
-            self.input_device = torch.device(key, index)
-        # Lazy: the adapter fixes the locale before torch._inductor is imported.
-        from torch._inductor import aoti_load_package
-
-        try:
-            compiled = aoti_load_package(str(self.path), device_index=index)
-        except Exception as e:  # noqa: BLE001 - the loader raises RuntimeError and others
-            raise self.config.error(
-                f"failed to load AOT-Inductor package '{self.path}': {e}"
-            ) from e
-        return compiled.loader
+        loader, self.input_device = load_package(self.config, self.path, device)
+        return loader
 
     def _explain(self, error: Exception) -> str:
         text = str(error).strip()

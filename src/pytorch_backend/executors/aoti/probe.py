@@ -81,7 +81,7 @@ def parse_check(message: str) -> _Check | None:
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
     """Silence the C++ runtime's "Error: ..." lines while probing (expected failures)."""
     try:
         sys.stderr.flush()
@@ -133,7 +133,7 @@ class PackageProbe:
     def _probe_run(self, tensors: Sequence[torch.Tensor]) -> str | None:
         """Run the expected-to-fail probe; return the error text, ``None`` if it ran."""
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 self.loader.run(list(tensors))
         except Exception as e:  # noqa: BLE001
             return str(e)
