@@ -34,6 +34,12 @@ The examples (all batching with ``max_batch_size: 8``; ``B`` is the batch dimens
     ``Dim("batch", min=1, max=8)`` and compiled for CPU (the configs use ``KIND_CPU``).
 ``dropin_python`` -- the ``mlp_batched`` model served by a copy of this package's ``model.py``
     placed in ``dropin_python/1/model.py`` (``backend: "python"``).
+``eager_module`` (nn.Module) -- ``1/model.py`` is a copy of :mod:`.example_module` (``EagerMlp``,
+    random initial weights) and ``1/model.pt`` the ``state_dict`` of :class:`Mlp`: input ``x`` FP32
+    ``[B, 4]`` -> ``OUTPUT__0`` as ``mlp_batched``. Compiled with ``torch.compile`` at load.
+``exported_nested`` (torch.export program) -- :class:`AotiNested` exported with the same dynamic
+    batch and written by ``torch.export.save`` (no AOT-Inductor code): the names and math of
+    ``aoti_nested``.
 
 The NumPy oracle of these outputs lives with the tests (``tests/oracles.py``).
 """
@@ -56,6 +62,8 @@ from torch import Tensor
 __all__ = [
     "AOTI_MODELS",
     "BATCH_MAX",
+    "EAGER_MODEL",
+    "EXPORTED_MODEL",
     "MODELS",
     "TORCHSCRIPT_MODELS",
     "build_examples",
@@ -66,7 +74,9 @@ BATCH_MAX = 8
 TORCHSCRIPT_MODELS = ("mlp_batched", "named_multi_output", "dict_input", "string_io")
 AOTI_MODELS = ("aoti_nested", "aoti_nested_ordinal")
 DROPIN_MODEL = "dropin_python"
-MODELS = TORCHSCRIPT_MODELS + AOTI_MODELS + (DROPIN_MODEL,)
+EAGER_MODEL = "eager_module"
+EXPORTED_MODEL = "exported_nested"
+MODELS = TORCHSCRIPT_MODELS + AOTI_MODELS + (DROPIN_MODEL, EAGER_MODEL, EXPORTED_MODEL)
 VERSION = "1"
 
 
@@ -182,7 +192,9 @@ def _up_to_date(artifact: Path, stamp: str) -> bool:
 def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
     """Write ``target`` through a temporary file in the same folder, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -225,9 +237,8 @@ def _aoti_example_inputs(batch: int) -> tuple[tuple[object, ...], dict[str, Tens
     return args, {"scale": rand(batch, 1)}
 
 
-def _compile_aoti(path: Path) -> None:
-    """Export :class:`AotiNested` with a dynamic batch dimension and package it (for CPU) at
-    ``path``, which must end in ``.pt2``."""
+def _export_nested() -> torch.export.ExportedProgram:
+    """:class:`AotiNested` exported with a dynamic batch ``Dim("batch", min=1, max=BATCH_MAX)``."""
     batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
     dynamic_shapes = {
         "x": {0: batch},
@@ -237,11 +248,14 @@ def _compile_aoti(path: Path) -> None:
     }
     args, kwargs = _aoti_example_inputs(2)
     with torch.no_grad():
-        program = torch.export.export(
-            AotiNested().eval(), args, kwargs, dynamic_shapes=dynamic_shapes
-        )
-        with _utf8_ctype():
-            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        return torch.export.export(AotiNested().eval(), args, kwargs, dynamic_shapes=dynamic_shapes)
+
+
+def _compile_aoti(path: Path) -> None:
+    """Package :func:`_export_nested` (for CPU) at ``path``, which must end in ``.pt2``."""
+    program = _export_nested()
+    with torch.no_grad(), _utf8_ctype():
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 
 def _install(artifact: Path, write: Callable[[Path], None], stamp: str) -> None:
@@ -294,11 +308,26 @@ def build_examples(
     adapter = Path(__file__).parent.parent / "model.py"
     if not adapter.is_file():
         raise FileNotFoundError(f"{DROPIN_MODEL}: the drop-in adapter {adapter} is missing")
-    copy = artifact(DROPIN_MODEL, "model.py")
-    if not copy.is_file() or copy.read_bytes() != adapter.read_bytes():
-        log(f"{DROPIN_MODEL}: copying {adapter} -> {copy}")
-        _write_atomically(copy, _copy_from(adapter))
-        built.append(copy)
+    module_source = Path(__file__).with_name("example_module.py")
+    for model, source in ((DROPIN_MODEL, adapter), (EAGER_MODEL, module_source)):
+        copy = artifact(model, "model.py")
+        if not copy.is_file() or copy.read_bytes() != source.read_bytes():
+            log(f"{model}: copying {source} -> {copy}")
+            _write_atomically(copy, _copy_from(source))
+            built.append(copy)
+
+    saved_writers = {
+        (EAGER_MODEL, "model.pt"): lambda path: torch.save(Mlp().state_dict(), path),
+        (EXPORTED_MODEL, "model.pt2"): lambda path: torch.export.save(_export_nested(), path),
+    }
+    for (model, filename), write in saved_writers.items():
+        target = artifact(model, filename)
+        if _up_to_date(target, stamp):
+            log(f"{model}: {target.name} is up to date")
+            continue
+        log(f"{model}: writing {target}")
+        _install(target, write, stamp)
+        built.append(target)
 
     if not aoti:
         log(f"{', '.join(AOTI_MODELS)}: skipped (aoti=False)")
