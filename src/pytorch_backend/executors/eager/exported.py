@@ -107,7 +107,7 @@ class ExportedProgramExecutor:
             if TRITON_TO_TORCH.get(spec.dtype) != meta.dtype:
                 raise self.config.error(
                     f"input '{name}' ({leaf}) is declared TYPE_{spec.dtype}, but the program "
-                    f"expects TYPE_{triton_name(meta.dtype)}"
+                    f"expects {triton_name(meta.dtype)}"
                 )
             shape = list(meta.shape)
             program_dims = ["-1" if not isinstance(d, int) else str(d) for d in shape[offset:]]
