@@ -332,7 +332,12 @@ def server(triton, tmp_path_factory):
     add("not_state_dict", config("not_state_dict", X4, Y4), {"model.py": scale, "model.pt": whole})
     add(
         "static_batch",
-        config("static_batch", X4, Y4, extra='default_model_filename: "model.pt2"'),
+        config(
+            "static_batch",
+            [io("INPUT__0", "TYPE_FP32", "[ 4 ]")],
+            [io("OUTPUT__0", "TYPE_FP32", "[ 4 ]")],
+            extra='default_model_filename: "model.pt2"',
+        ),
         {"model.pt2": static},
     )
     add(
@@ -440,7 +445,9 @@ def test_inductor_compile_at_load_and_no_recompilation_across_batch_sizes(server
             infer("http", server, model, inputs)
         lines = instance_lines(server.log_text(), model)
         text = "\n".join(lines)
-        assert '"backend": "inductor"' in text and "forward runs compiled" in text
+        options = [line for line in lines if "torch.compile: options in effect" in line]
+        assert len(options) == 1 and "inductor" in options[0], text
+        assert "forward runs compiled" in text
         warmup = [
             line for line in lines if "torch.compile warm-up over batch sizes [1, 2, 8]" in line
         ]
