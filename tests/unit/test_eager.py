@@ -109,6 +109,13 @@ def test_resolve_model(tmp_path, fields, params, files, kind):
     assert resolved.reason
 
 
+def test_model_filename_naming_a_python_file_points_at_module_filename(tmp_path):
+    config = parse_model_config(cfg())
+    params = BackendParameters(model_filename="net.py")
+    with pytest.raises(ModelLoadError, match="with the parameter 'MODULE_FILENAME'"):
+        resolve_model(config, tmp_path, params)
+
+
 def test_the_plugin_itself_is_never_a_module(tmp_path):
     (tmp_path / "model.py").write_text("class TritonPythonModel:\n    pass\n")
     (tmp_path / "model.pt").write_text("x")

@@ -95,6 +95,11 @@ def resolve_model(config: ModelConfig, version_dir: Path, params: BackendParamet
        except that a ``.pt2`` written by ``torch.export.save`` (no AOT-Inductor code) is served as
        a torch.export program whatever the platform says.
     """
+    if (params.model_filename or "").endswith(".py"):
+        raise config.error(
+            f"parameter 'MODEL_FILENAME' = '{params.model_filename}' names a Python file; name an "
+            "nn.Module's file with the parameter 'MODULE_FILENAME'"
+        )
     module = module_file_name(config, params)
     if module is not None:
         path = _inside(config, version_dir, module)
