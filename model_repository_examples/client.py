@@ -42,7 +42,9 @@ REQUESTS: dict[str, dict[str, np.ndarray]] = {
     "aoti_nested_ordinal": {f"INPUT__{i}": v for i, v in enumerate([*AOTI_LEAVES, SCALE])},
     "dropin_python": {"INPUT__0": X},
     "packaged_mlp": {"ARGS[0]": X},  # config.pbtxt written by pytorch_backend.package
+    "eager_module": {"x": X},
 }
+REQUESTS["exported_nested"] = REQUESTS["aoti_nested"]
 OUTPUTS = {
     "mlp_batched": ["OUTPUT__0"],
     "named_multi_output": ["OUTPUT__0", "OUTPUT__1", "OUTPUT__2"],
@@ -52,6 +54,8 @@ OUTPUTS = {
     "aoti_nested_ordinal": ["OUTPUT__0", "OUTPUT__1", "OUTPUT__2"],
     "dropin_python": ["OUTPUT__0"],
     "packaged_mlp": ["RESULT"],
+    "eager_module": ["OUTPUT__0"],
+    "exported_nested": ["RESULT[total]", "RESULT[parts][0]", "RESULT[parts][1]"],
 }
 
 

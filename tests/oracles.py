@@ -6,7 +6,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pytorch_backend.serving.examples import DROPIN_MODEL, MODELS, PACKAGED_MODEL
+from pytorch_backend.serving.examples import (
+    DROPIN_MODEL,
+    EAGER_MODEL,
+    EXPORTED_MODEL,
+    MODELS,
+    PACKAGED_MODEL,
+)
 
 
 def _ascii_upper(text: str) -> str:
@@ -34,10 +40,11 @@ def reference_outputs(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str,
     STRING tensors are ``np.object_`` arrays (``bytes`` or ``str`` elements in, ``bytes`` out)
     shaped ``[B]`` or ``[B, 1]``; string outputs are returned shaped ``[B]``.
     """
-    if model in ("mlp_batched", DROPIN_MODEL, PACKAGED_MODEL):
-        name_in, name_out = (
-            ("ARGS[0]", "RESULT") if model == PACKAGED_MODEL else ("INPUT__0", "OUTPUT__0")
-        )
+    if model in ("mlp_batched", DROPIN_MODEL, PACKAGED_MODEL, EAGER_MODEL):
+        name_in, name_out = {
+            PACKAGED_MODEL: ("ARGS[0]", "RESULT"),
+            EAGER_MODEL: ("x", "OUTPUT__0"),
+        }.get(model, ("INPUT__0", "OUTPUT__0"))
         x = np.asarray(inputs[name_in], dtype=np.float32)
         out = np.stack([x.sum(1), np.abs(x).sum(1), x[:, 0] - x[:, 3] + 1], axis=1)
         return {name_out: out.astype(np.float32)}
@@ -61,7 +68,7 @@ def reference_outputs(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str,
             "OUTPUT__1": np.array(words, dtype=np.object_),
             "OUTPUT__2": np.array(lengths, dtype=np.int64).reshape(-1, 1),
         }
-    if model == "aoti_nested":
+    if model in ("aoti_nested", EXPORTED_MODEL):
         names = ("ARGS[0]", "ARGS[1][0]", "ARGS[1][1]", "ARGS[2][gain]", "ARGS[2][bias]")
         outs = _aoti_reference(*(inputs[n] for n in names), inputs["KWARGS[scale]"])
         return dict(zip(("RESULT[total]", "RESULT[parts][0]", "RESULT[parts][1]"), outs))

@@ -31,7 +31,7 @@ from typing import Any
 from .config import ModelConfig, parse_model_header, parse_parameters
 from .errors import PyTorchBackendError
 from .executors.description import DescribeContext, ModelIO, TensorIO
-from .executors.registry import REGISTRY, artifact_path, resolve_kind
+from .executors.registry import REGISTRY, resolve_model
 from .logs import InstanceLog, Sink
 from .runtime.settings import load_custom_op_libraries
 
@@ -131,10 +131,9 @@ def _describe(
     params = parse_parameters(header.name, header.parameters, warn=lambda _: None)
     libraries = tuple(str(version_dir / lib) for lib in params.custom_op_libraries)
     load_custom_op_libraries(header.name, libraries)
-    kind = resolve_kind(header)
-    path = artifact_path(header, kind, version_dir, params.model_filename)
-    context = DescribeContext(header, path, log, need_tensors=need_tensors)
-    return REGISTRY[kind].describe(context)
+    resolved = resolve_model(header, version_dir, params)
+    context = DescribeContext(header, resolved.path, log, need_tensors=need_tensors)
+    return REGISTRY[resolved.kind].describe(context)
 
 
 def _dims_text(dims: Sequence[int]) -> str:

@@ -27,7 +27,7 @@ from .config import (
 from .engine import InferenceEngine
 from .errors import PyTorchBackendError
 from .executors.base import Executor, LoadContext
-from .executors.registry import REGISTRY, artifact_path, resolve_kind
+from .executors.registry import REGISTRY, resolve_model
 from .hooks import Hook, Hooks
 from .logs import InstanceLog, Sink
 from .requests import Outcome, RequestInputs
@@ -103,12 +103,15 @@ def _build(args: InstanceArgs, config: ModelConfig, log: InstanceLog) -> Instanc
     device = resolve_instance_device(args.kind, args.device_id, config.name)
     activate_device(device)
     settings = apply_runtime_settings(params, config, device)
-    kind = resolve_kind(config)
-    path = artifact_path(config, kind, args.version_dir, params.model_filename)
-    executor = REGISTRY[kind].load(LoadContext(config, path, device, log))
+    resolved = resolve_model(config, args.version_dir, params)
+    kind, path = resolved.kind, resolved.path
+    log.info(f"model kind: {kind.value} ({resolved.reason})")
+    executor = REGISTRY[kind].load(LoadContext(config, path, device, log, params))
     shared, sharing = _share_weights(params, args, kind, path, device, executor, log)
     engine = InferenceEngine(config, executor, _hooks(params, settings, device, executor))
-    effective = EffectiveSettings(params, settings, device, config.cpu_instance_count, sharing)
+    effective = EffectiveSettings(
+        params, settings, device, config.cpu_instance_count, sharing, kind
+    )
     for line in effective_lines(effective):
         log.info(line)
     where = device if device is not None else "the model's own devices (KIND_MODEL)"

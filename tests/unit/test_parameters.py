@@ -172,17 +172,71 @@ def test_python_backend_keys_are_known_and_silent() -> None:
     assert warnings == []
 
 
-def test_torch_compile_parameters_accepted_with_a_note() -> None:
-    params, warnings = parse({"TORCH_COMPILE_OPTIONAL_PARAMETERS": '{"mode": "max-autotune"}'})
-    assert params == BackendParameters()
-    assert len(warnings) == 1 and "'TORCH_COMPILE_OPTIONAL_PARAMETERS'" in warnings[0]
-    assert "no effect" in warnings[0]
+def test_torch_compile_parameters_are_parsed() -> None:
+    params, warnings = parse(
+        {"TORCH_COMPILE_OPTIONAL_PARAMETERS": '{"mode": "max-autotune", "fullgraph": true}'}
+    )
+    assert warnings == []
+    assert params.torch_compile.kwargs() == {"mode": "max-autotune", "fullgraph": True}
+    assert not params.torch_compile.disabled
+    off, _ = parse({"TORCH_COMPILE_OPTIONAL_PARAMETERS": '{"disable": true}'})
+    assert off.torch_compile.disabled and off.torch_compile.kwargs() == {}
+    assert BackendParameters().torch_compile.kwargs() == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("{not json", "invalid JSON"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"model": 1}', "'model' is not an optional parameter"),
+        ('{"fulgraph": true}', "unknown key 'fulgraph'"),
+        ('{"fullgraph": "yes"}', "key 'fullgraph' must be a boolean"),
+        ('{"backend": 3}', "key 'backend' must be a string"),
+        ('{"options": []}', "key 'options' must be an object"),
+        ('{"mode": "default", "options": {"a": 1}}', "cannot both be given"),
+    ],
+)
+def test_bad_torch_compile_parameters_fail_naming_the_key(value: str, fragment: str) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        parse({"TORCH_COMPILE_OPTIONAL_PARAMETERS": value})
+    text = str(info.value)
+    assert "model 'm'" in text and "'TORCH_COMPILE_OPTIONAL_PARAMETERS'" in text
+    assert fragment in text
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field", "expected"),
+    [
+        ("MODULE_FILENAME", "net.py", "module_filename", "net.py"),
+        ("MODULE_CLASS", "Net", "module_class", "Net"),
+    ],
+)
+def test_module_parameters(key: str, value: str, field: str, expected: str) -> None:
+    params, warnings = parse({key: value})
+    assert warnings == [] and getattr(params, field) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("MODULE_FILENAME", "net.pt"),
+        ("MODULE_FILENAME", "../net.py"),
+        ("MODULE_CLASS", "not a class"),
+    ],
+)
+def test_bad_module_parameters(key: str, value: str) -> None:
+    with pytest.raises(ModelLoadError, match=f"parameter '{key}' has invalid value"):
+        parse({key: value})
 
 
 def test_every_known_key_parses_without_warning() -> None:
     values = {
         "CUSTOM_OP_LIBRARIES": "x.so",
         "MODEL_FILENAME": "model.pt",
+        "MODULE_FILENAME": "net.py",
+        "MODULE_CLASS": "Net",
+        "TORCH_COMPILE_OPTIONAL_PARAMETERS": "{}",
         "INTRA_OP_THREAD_COUNT": "2",
         "NUM_THREADS": "2",
         "INTER_OP_THREAD_COUNT": "1",
@@ -191,7 +245,6 @@ def test_every_known_key_parses_without_warning() -> None:
         "EXECUTION_ENV_PATH": "env.tar.gz",
     }
     raw = {key: values.get(key, "false") for key in KNOWN_KEYS}
-    del raw["TORCH_COMPILE_OPTIONAL_PARAMETERS"]
     params, warnings = parse(raw)
     assert warnings == []
     assert params.intra_op_thread_count == 2 and params.inter_op_thread_count == 1

@@ -10,6 +10,8 @@ class ModelKind(Enum):
 
     TORCHSCRIPT = "TorchScript"
     AOTI = "AOT-Inductor package"
+    EAGER = "nn.Module"
+    EXPORTED_PROGRAM = "torch.export program"
 
 
 class InstanceKind(Enum):

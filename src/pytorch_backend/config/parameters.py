@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..errors import ModelLoadError
+from .compile_options import CompileOptions, parse_compile_options
 from .enums import GradPolicy, ModelKind
 
 _TRUE = frozenset({"true", "on", "1"})
@@ -35,6 +36,10 @@ _UINT_RE = re.compile(r"[0-9]+")
 
 ALL_KINDS = frozenset(ModelKind)
 TORCHSCRIPT_ONLY = frozenset({ModelKind.TORCHSCRIPT})
+EAGER_ONLY = frozenset({ModelKind.EAGER})
+#: Kinds whose nn.Module this backend holds (weights in Python tensors, torch.compile).
+MODULE_KINDS = frozenset({ModelKind.TORCHSCRIPT, ModelKind.EAGER, ModelKind.EXPORTED_PROGRAM})
+COMPILED_KINDS = frozenset({ModelKind.EAGER, ModelKind.EXPORTED_PROGRAM})
 NO_KIND: frozenset[ModelKind] = frozenset()
 
 #: Who reads a key: this backend, Triton's Python backend, or nobody here (accepted, warned).
@@ -59,6 +64,9 @@ class BackendParameters:
     enable_weight_sharing: bool = False
     custom_op_libraries: tuple[str, ...] = ()
     model_filename: str | None = None
+    torch_compile: CompileOptions = CompileOptions()
+    module_filename: str | None = None
+    module_class: str | None = None
 
     @property
     def grad_policy(self) -> GradPolicy:
@@ -105,6 +113,21 @@ def parse_file_name(model: str, key: str, value: str) -> str:
         raise _bad(
             model, key, value, "a plain file name inside the version directory (no path separators)"
         )
+    return value
+
+
+def parse_module_file_name(model: str, key: str, value: str) -> str:
+    """A plain ``.py`` file name inside the version directory."""
+    name = parse_file_name(model, key, value)
+    if not name.endswith(".py"):
+        raise _bad(model, key, value, "the name of a Python file ending in '.py'")
+    return name
+
+
+def parse_class_name(model: str, key: str, value: str) -> str:
+    """A Python identifier (the name of a class defined in the module file)."""
+    if not value.isidentifier():
+        raise _bad(model, key, value, "a Python class name")
     return value
 
 
@@ -227,7 +250,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`false`",
         "enable_weight_sharing",
         parse_bool,
-        TORCHSCRIPT_ONLY,
+        MODULE_KINDS,
     ),
     Parameter(
         "CUSTOM_OP_LIBRARIES",
@@ -243,6 +266,24 @@ PARAMETERS: tuple[Parameter, ...] = (
         "unset",
         "model_filename",
         parse_file_name,
+        ALL_KINDS - EAGER_ONLY,
+    ),
+    Parameter(
+        "MODULE_FILENAME",
+        "the nn.Module's Python file inside the version directory (its weights: the same name "
+        "with `.pt`); selects the nn.Module kind, also in drop-in mode",
+        "unset: `default_model_filename` if it ends in `.py`, else `model.py`",
+        "module_filename",
+        parse_module_file_name,
+        EAGER_ONLY,
+    ),
+    Parameter(
+        "MODULE_CLASS",
+        "which nn.Module subclass of the module file to serve, when it defines several",
+        "unset: the only one",
+        "module_class",
+        parse_class_name,
+        EAGER_ONLY,
     ),
     Parameter(
         "FORCE_CPU_ONLY_INPUT_TENSORS",
@@ -258,12 +299,12 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "TORCH_COMPILE_OPTIONAL_PARAMETERS",
-        "accepted with a warning: it only configures torch.compile of nn.Module models in "
-        "upstream's Python runtime; this backend serves TorchScript and AOTInductor artifacts, "
-        "which it does not recompile",
-        "",
-        applies_to=NO_KIND,
-        reader=IGNORED,
+        "JSON object of `torch.compile` arguments (`fullgraph`, `dynamic`, `backend`, `mode`, "
+        "`options`, `disable`); compiled and warmed up at load",
+        "`{}`: inductor",
+        "torch_compile",
+        parse_compile_options,
+        COMPILED_KINDS,
     ),
 )
 
@@ -335,19 +376,13 @@ def _applies(parameter: Parameter, kind: ModelKind) -> str:
 def markdown_table() -> str:
     """The README's parameter table, generated from :data:`PARAMETERS`."""
     lines = [
-        "| parameter | default | effect | TorchScript | .pt2 |",
-        "| --- | --- | --- | --- | --- |",
+        "| parameter | default | effect | TorchScript | AOTI .pt2 | nn.Module | torch.export |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for p in PARAMETERS:
         name = f"`{p.key}`" + (
             f" (alias {', '.join(f'`{a}`' for a in p.aliases)})" if p.aliases else ""
         )
-        cells = (
-            name,
-            p.default,
-            p.effect,
-            _applies(p, ModelKind.TORCHSCRIPT),
-            _applies(p, ModelKind.AOTI),
-        )
+        cells = (name, p.default, p.effect, *(_applies(p, kind) for kind in ModelKind))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..config import ModelConfig
+from ..config import BackendParameters, ModelConfig
 from ..logs import InstanceLog
 from ..requests import Value
 
@@ -53,3 +53,5 @@ class LoadContext:
     #: The instance's device; None for KIND_MODEL (the factory keeps the model's own devices).
     device: torch.device | None
     log: InstanceLog
+    #: The model's parameters (compile options, module class, grad policy for a warm-up).
+    params: BackendParameters = field(default_factory=BackendParameters)

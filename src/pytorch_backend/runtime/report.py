@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import BackendParameters
-from ..config.parameters import PARAMETERS
+from ..config import BackendParameters, ModelKind
+from ..config.parameters import BY_KEY, PARAMETERS
 from .settings import RuntimeSettings, available_cpus
 
 
@@ -26,6 +26,7 @@ class EffectiveSettings:
     device: torch.device | None  # None: KIND_MODEL
     cpu_instances: int
     weight_sharing: str  # the decision, as logged ("true", "false", "true, no effect: ...")
+    kind: ModelKind | None = None  # the model kind served, when known
 
 
 def on_off(value: bool | None) -> str:
@@ -102,6 +103,17 @@ def _libraries(e: EffectiveSettings) -> str:
     return ", ".join(libraries) + " (loaded)" if libraries else "none"
 
 
+def _for_kind(key: str, describe: Describer) -> Describer:
+    """``describe``, or "no effect" when the parameter does not apply to the model's kind."""
+
+    def described(e: EffectiveSettings) -> str:
+        if e.kind is not None and e.kind not in BY_KEY[key].applies_to:
+            return f"no effect on a {e.kind.value} model"
+        return describe(e)
+
+    return described
+
+
 Describer = Callable[[EffectiveSettings], str]
 
 DESCRIBERS: Mapping[str, Describer] = {
@@ -118,7 +130,14 @@ DESCRIBERS: Mapping[str, Describer] = {
     "INTER_OP_THREAD_COUNT": _inter,
     "ENABLE_WEIGHT_SHARING": lambda e: e.weight_sharing,
     "CUSTOM_OP_LIBRARIES": _libraries,
-    "MODEL_FILENAME": lambda e: e.params.model_filename or "not given",
+    "MODEL_FILENAME": _for_kind("MODEL_FILENAME", lambda e: e.params.model_filename or "not given"),
+    "MODULE_FILENAME": _for_kind(
+        "MODULE_FILENAME", lambda e: e.params.module_filename or "not given"
+    ),
+    "MODULE_CLASS": _for_kind("MODULE_CLASS", lambda e: e.params.module_class or "not given"),
+    "TORCH_COMPILE_OPTIONAL_PARAMETERS": _for_kind(
+        "TORCH_COMPILE_OPTIONAL_PARAMETERS", lambda e: e.params.torch_compile.describe()
+    ),
 }
 
 

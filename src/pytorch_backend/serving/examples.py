@@ -37,6 +37,12 @@ The examples (all batching with ``max_batch_size: 8``; ``B`` is the batch dimens
 ``packaged_mlp`` (AOT Inductor) -- the ``mlp_batched`` model written by ``pytorch_backend.package``
     (``format="pt2"``, ``max_batch_size=8``): the whole folder, ``config.pbtxt`` included, is
     generated; names ``ARGS[0]`` FP32 ``[B, 4]`` -> ``RESULT`` FP32 ``[B, 3]``.
+``eager_module`` (nn.Module) -- ``1/model.py`` is a copy of :mod:`.example_module` (``EagerMlp``,
+    random initial weights) and ``1/model.pt`` the ``state_dict`` of :class:`Mlp`: input ``x`` FP32
+    ``[B, 4]`` -> ``OUTPUT__0`` as ``mlp_batched``. Compiled with ``torch.compile`` at load.
+``exported_nested`` (torch.export program) -- :class:`AotiNested` exported with the same dynamic
+    batch and written by ``torch.export.save`` (no AOT-Inductor code): the names and math of
+    ``aoti_nested``.
 
 The NumPy oracle of these outputs lives with the tests (``tests/oracles.py``).
 """
@@ -59,6 +65,8 @@ from torch import Tensor
 __all__ = [
     "AOTI_MODELS",
     "BATCH_MAX",
+    "EAGER_MODEL",
+    "EXPORTED_MODEL",
     "MODELS",
     "PACKAGED_MODEL",
     "TORCHSCRIPT_MODELS",
@@ -70,9 +78,11 @@ BATCH_MAX = 8
 TORCHSCRIPT_MODELS = ("mlp_batched", "named_multi_output", "dict_input", "string_io")
 AOTI_MODELS = ("aoti_nested", "aoti_nested_ordinal")
 DROPIN_MODEL = "dropin_python"
-MODELS = TORCHSCRIPT_MODELS + AOTI_MODELS + (DROPIN_MODEL,)
 #: Written entirely (config.pbtxt included) by ``pytorch_backend.package``; nothing committed.
 PACKAGED_MODEL = "packaged_mlp"
+EAGER_MODEL = "eager_module"
+EXPORTED_MODEL = "exported_nested"
+MODELS = TORCHSCRIPT_MODELS + AOTI_MODELS + (DROPIN_MODEL, EAGER_MODEL, EXPORTED_MODEL)
 VERSION = "1"
 
 
@@ -188,7 +198,9 @@ def _up_to_date(artifact: Path, stamp: str) -> bool:
 def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
     """Write ``target`` through a temporary file in the same folder, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -231,9 +243,8 @@ def _aoti_example_inputs(batch: int) -> tuple[tuple[object, ...], dict[str, Tens
     return args, {"scale": rand(batch, 1)}
 
 
-def _compile_aoti(path: Path) -> None:
-    """Export :class:`AotiNested` with a dynamic batch dimension and package it (for CPU) at
-    ``path``, which must end in ``.pt2``."""
+def _export_nested() -> torch.export.ExportedProgram:
+    """:class:`AotiNested` exported with a dynamic batch ``Dim("batch", min=1, max=BATCH_MAX)``."""
     batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
     dynamic_shapes = {
         "x": {0: batch},
@@ -243,11 +254,14 @@ def _compile_aoti(path: Path) -> None:
     }
     args, kwargs = _aoti_example_inputs(2)
     with torch.no_grad():
-        program = torch.export.export(
-            AotiNested().eval(), args, kwargs, dynamic_shapes=dynamic_shapes
-        )
-        with _utf8_ctype():
-            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        return torch.export.export(AotiNested().eval(), args, kwargs, dynamic_shapes=dynamic_shapes)
+
+
+def _compile_aoti(path: Path) -> None:
+    """Package :func:`_export_nested` (for CPU) at ``path``, which must end in ``.pt2``."""
+    program = _export_nested()
+    with torch.no_grad(), _utf8_ctype():
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 
 def _install(artifact: Path, write: Callable[[Path], None], stamp: str) -> None:
@@ -316,11 +330,26 @@ def build_examples(
     adapter = Path(__file__).parent.parent / "model.py"
     if not adapter.is_file():
         raise FileNotFoundError(f"{DROPIN_MODEL}: the drop-in adapter {adapter} is missing")
-    copy = artifact(DROPIN_MODEL, "model.py")
-    if not copy.is_file() or copy.read_bytes() != adapter.read_bytes():
-        log(f"{DROPIN_MODEL}: copying {adapter} -> {copy}")
-        _write_atomically(copy, _copy_from(adapter))
-        built.append(copy)
+    module_source = Path(__file__).with_name("example_module.py")
+    for model, source in ((DROPIN_MODEL, adapter), (EAGER_MODEL, module_source)):
+        copy = artifact(model, "model.py")
+        if not copy.is_file() or copy.read_bytes() != source.read_bytes():
+            log(f"{model}: copying {source} -> {copy}")
+            _write_atomically(copy, _copy_from(source))
+            built.append(copy)
+
+    saved_writers = {
+        (EAGER_MODEL, "model.pt"): lambda path: torch.save(Mlp().state_dict(), path),
+        (EXPORTED_MODEL, "model.pt2"): lambda path: torch.export.save(_export_nested(), path),
+    }
+    for (model, filename), write in saved_writers.items():
+        target = artifact(model, filename)
+        if _up_to_date(target, stamp):
+            log(f"{model}: {target.name} is up to date")
+            continue
+        log(f"{model}: writing {target}")
+        _install(target, write, stamp)
+        built.append(target)
 
     if not aoti:
         log(f"{', '.join(AOTI_MODELS)}: skipped (aoti=False)")

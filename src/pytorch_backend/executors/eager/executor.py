@@ -1,0 +1,138 @@
+"""The nn.Module kind: a Python module file, its ``state_dict`` weights, and ``torch.compile``.
+
+Loading (:func:`load`): import the module file, pick its nn.Module subclass, instantiate it with
+no arguments, load ``<basename>.pt`` (``weights_only=True``, strict keys) when it exists, place it
+(``.to(device)``; KIND_MODEL keeps the devices the module chose), ``eval()``, bind the config
+names with the TorchScript rules from the forward's signature, then compile and warm up unless
+``TORCH_COMPILE_OPTIONAL_PARAMETERS`` says ``disable`` (or the forward takes strings).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from ...config import ModelConfig
+from ...errors import ExecutionError
+from ...requests import Value
+from ...runtime.devices import kind_model_placement, module_devices
+from ..base import Capabilities, LoadContext
+from ..torchscript.naming import Binding, bind_inputs, bind_outputs
+from . import module as module_file
+from .compiled import CompileWatch, compile_module, warm_up
+from .signature import forward_signature, keyword_only, uses_strings
+
+
+class EagerExecutor:
+    """Calls an nn.Module (compiled or not) with config-bound inputs."""
+
+    def __init__(
+        self, config: ModelConfig, module: torch.nn.Module, input_device: torch.device
+    ) -> None:
+        self.config = config
+        self.module = module
+        self.input_device = input_device
+        self.signature = forward_signature(config, module)
+        self.inputs: Binding = bind_inputs(config, self.signature)
+        self.outputs: Binding = bind_outputs(config, self.signature)
+        self._keywords = keyword_only(module)
+        self._names = self.signature.arg_names
+        self._call: Callable[..., Any] = module
+        self.watch: CompileWatch | None = None
+        self.compiled = False
+        self.capabilities = Capabilities(shareable_module=module, devices=module_devices(module))
+
+    def use_compiled(self, compiled: Callable[..., Any]) -> None:
+        """Run ``compiled`` instead of the module from now on."""
+        self._call, self.compiled = compiled, True
+
+    def run(self, inputs: Mapping[str, Value]) -> dict[str, Value]:
+        if self.inputs.dict_input:
+            result = self._call(dict(inputs))
+        else:
+            args: list[Value] = [None] * len(self._names)  # type: ignore[list-item]
+            for name, position in self.inputs.positions.items():
+                args[position] = inputs[name]
+            positional = [a for n, a in zip(self._names, args) if n not in self._keywords]
+            keywords = {n: a for n, a in zip(self._names, args) if n in self._keywords}
+            result = self._call(*positional, **keywords)
+        if self.watch is not None:
+            self.watch.check(inputs)
+        return self._bind_result(result)
+
+    def _bind_result(self, result: object) -> dict[str, Value]:
+        if isinstance(result, tuple) or (
+            isinstance(result, list) and not all(isinstance(v, str) for v in result)
+        ):
+            values = list(result)
+        else:
+            values = [result]
+        out: dict[str, Value] = {}
+        for name, position in self.outputs.positions.items():
+            if position >= len(values):
+                raise ExecutionError(
+                    f"output '{name}' refers to index {position}, but the model "
+                    f"returned {len(values)} value(s)"
+                )
+            out[name] = values[position]  # type: ignore[assignment]
+        return out
+
+    def describe_bindings(self) -> list[str]:
+        lines = [
+            f"{kind} bound by {binding.convention.value}: {json.dumps(dict(binding.positions))}"
+            for kind, binding in (("inputs", self.inputs), ("outputs", self.outputs))
+        ]
+        lines.append(f"forward runs {'compiled' if self.compiled else 'eagerly'}")
+        return lines
+
+
+def build_module(context: LoadContext) -> tuple[torch.nn.Module, torch.device]:
+    """Import, instantiate, load weights and place the module; returns it and its input device."""
+    config, path, log = context.config, context.path, context.log
+    imported = module_file.import_module_file(config, path)
+    cls = module_file.select_class(config, imported, path, context.params.module_class)
+    module = module_file.instantiate(config, cls)
+    log.info(f"module class: {cls.__name__} from '{path.name}'")
+    weights = module_file.weights_path(path)
+    if weights.is_file():
+        location = context.device if context.device is not None else torch.device("cpu")
+        module_file.load_weights(config, module, weights, location)
+        log.info(f"weights: loaded '{weights}' (weights_only=True, strict keys)")
+    else:
+        log.info(
+            f"weights: no '{weights.name}' beside the module file; keeping its initial weights"
+        )
+    if context.device is not None:
+        module.to(context.device)
+        input_device = context.device
+    else:  # KIND_MODEL: the module keeps the devices it put itself on
+        placement = kind_model_placement(module)
+        if placement is not None:
+            module.to(placement)
+        input_device = torch.device("cpu")
+    module.eval()
+    return module, input_device
+
+
+def load(context: LoadContext) -> EagerExecutor:
+    """The registry's factory: build the module, bind its names, compile and warm it up."""
+    module, input_device = build_module(context)
+    executor = EagerExecutor(context.config, module, input_device)
+    options = context.params.torch_compile
+    if options.disabled:
+        context.log.info("torch.compile: disabled (the module runs eagerly)")
+        return executor
+    if uses_strings(executor.signature):
+        context.log.warn(
+            "torch.compile: skipped because forward takes or returns List[str] (torch.compile "
+            "specialises on Python strings: every new string would recompile); running eagerly"
+        )
+        return executor
+    context.log.info(f"torch.compile: options in effect {options.describe()}")
+    executor.use_compiled(compile_module(context.config, module, options))
+    warm_up(context.config, context.params, executor.run, input_device, context.log)
+    executor.watch = CompileWatch(context.log)  # from now on, a new graph is a recompilation
+    return executor
