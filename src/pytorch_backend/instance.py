@@ -107,8 +107,10 @@ def _build(args: InstanceArgs, config: ModelConfig, log: InstanceLog) -> Instanc
     path = artifact_path(config, kind, args.version_dir, params.model_filename)
     executor = REGISTRY[kind].load(LoadContext(config, path, device, log))
     shared, sharing = _share_weights(params, args, kind, path, device, executor, log)
-    engine = InferenceEngine(config, executor, _hooks(params, settings, device, executor))
-    effective = EffectiveSettings(params, settings, device, config.cpu_instance_count, sharing)
+    engine = InferenceEngine(config, executor, _hooks(params, settings, device, executor), log)
+    effective = EffectiveSettings(
+        params, settings, device, config.cpu_instance_count, sharing, kind
+    )
     for line in effective_lines(effective):
         log.info(line)
     where = device if device is not None else "the model's own devices (KIND_MODEL)"

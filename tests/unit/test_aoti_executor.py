@@ -171,7 +171,9 @@ def test_padded_model(padded_exec, batch, features):
 
 
 def test_padded_model_above_exported_max_fails_cleanly(padded_exec):
-    with pytest.raises(RequestError, match=r"^AOT-Inductor execution failed: .*too large at 0.*<= 16"):
+    with pytest.raises(
+        RequestError, match=r"^AOT-Inductor execution failed: .*too large at 0.*<= 16"
+    ):
         padded_exec.run({"ARGS[0]": torch.zeros(17, 3)})
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import BackendParameters
-from ..config.parameters import PARAMETERS
+from ..config import BackendParameters, ModelKind
+from ..config.parameters import BY_KEY, PARAMETERS
 from .settings import RuntimeSettings, available_cpus
 
 
@@ -26,6 +26,7 @@ class EffectiveSettings:
     device: torch.device | None  # None: KIND_MODEL
     cpu_instances: int
     weight_sharing: str  # the decision, as logged ("true", "false", "true, no effect: ...")
+    kind: ModelKind | None = None  # the model kind; None: unknown (every line as for TorchScript)
 
 
 def on_off(value: bool | None) -> str:
@@ -103,14 +104,35 @@ def _libraries(e: EffectiveSettings) -> str:
 
 
 Describer = Callable[[EffectiveSettings], str]
+_DEFAULTS = {p.key: getattr(BackendParameters(), p.field) for p in PARAMETERS if p.field}
+
+
+def _torchscript_only(key: str, describe: Describer) -> Describer:
+    """A TorchScript JIT setting: on another kind, say it has no effect (and what was given)."""
+
+    def describe_for_kind(e: EffectiveSettings) -> str:
+        if e.kind is None or e.kind == ModelKind.TORCHSCRIPT:
+            return describe(e)
+        value = getattr(e.params, BY_KEY[key].field or "", None)
+        set_to = f"{on_off(value)} given, " if value is not None and value != _DEFAULTS[key] else ""
+        return f"{set_to}no effect on {e.kind.value}s"
+
+    return describe_for_kind
+
 
 DESCRIBERS: Mapping[str, Describer] = {
     "INFERENCE_MODE": _inference_mode,
     "ENABLE_GRAD": lambda e: on_off(e.params.enable_grad),
-    "DISABLE_OPTIMIZED_EXECUTION": _optimized,
-    "ENABLE_JIT_EXECUTOR": _jit(lambda s: s.jit_executor, "enable_jit_executor"),
-    "ENABLE_JIT_PROFILING": _jit(lambda s: s.jit_profiling, "enable_jit_profiling"),
-    "ENABLE_TENSOR_FUSER": _jit(lambda s: s.tensor_fuser, "enable_tensor_fuser"),
+    "DISABLE_OPTIMIZED_EXECUTION": _torchscript_only("DISABLE_OPTIMIZED_EXECUTION", _optimized),
+    "ENABLE_JIT_EXECUTOR": _torchscript_only(
+        "ENABLE_JIT_EXECUTOR", _jit(lambda s: s.jit_executor, "enable_jit_executor")
+    ),
+    "ENABLE_JIT_PROFILING": _torchscript_only(
+        "ENABLE_JIT_PROFILING", _jit(lambda s: s.jit_profiling, "enable_jit_profiling")
+    ),
+    "ENABLE_TENSOR_FUSER": _torchscript_only(
+        "ENABLE_TENSOR_FUSER", _jit(lambda s: s.tensor_fuser, "enable_tensor_fuser")
+    ),
     "ENABLE_NVFUSER": _nvfuser,
     "DISABLE_CUDNN": _cudnn,
     "ENABLE_CACHE_CLEANING": _cache_cleaning,

@@ -42,6 +42,15 @@ _MODEL_NAME = "model"  # the model name inside the archive, as in upstream
 _LOAD_LOCK = threading.Lock()  # the environment variable is process-wide
 
 
+def _why_minimum(minimum: int) -> str:
+    if minimum == 2:
+        return (
+            "torch.export specialises sizes 0 and 1, so a dynamic Dim(min=1) is compiled with a "
+            "minimum of 2"
+        )
+    return f"exported with Dim(min={minimum})"
+
+
 def _package_device_key(path: Path) -> str | None:
     """``AOTI_DEVICE_KEY`` ("cpu", "cuda", ...) from the package's metadata files, if present."""
     with zipfile.ZipFile(path) as zf:
@@ -101,6 +110,15 @@ class AotiExecutor:
             )
             self.batch_range, fills = probe.run()
         offset = 1 if config.batching else 0
+        self._minimums = [
+            (leaf, dim, minimum) for (leaf, dim), minimum in sorted(probe.minimums.items())
+        ]
+        for leaf, dim, minimum in self._minimums:
+            self.log.warn(
+                f"input '{self.bindings.inputs[leaf]}' dim {dim - offset} is -1 in the config, "
+                f"but the package accepts sizes >= {minimum} there: requests with a smaller size "
+                f"will be refused ({_why_minimum(minimum)})"
+            )
         self.capabilities = Capabilities(
             devices=(self.input_device,),
             warmup_shapes={
@@ -118,6 +136,16 @@ class AotiExecutor:
             if not isinstance(value, torch.Tensor):
                 raise ExecutionError(f"input '{name}' is missing or not a tensor")
             flat.append(value.contiguous())
+        for leaf, dim, minimum in self._minimums:
+            size = flat[leaf].shape[dim]
+            if size < minimum:
+                offset = 1 if self.config.batching else 0
+                raise RequestError(
+                    f"input '{self.bindings.inputs[leaf]}' has size {size} in dim "
+                    f"{dim - offset}, below the package's exported minimum of {minimum} "
+                    f"({_why_minimum(minimum)}); send at least {minimum}, e.g. padded the way the "
+                    "model expects padding (with its mask), or serve a package exported for it"
+                )
         batch, pad = 0, 0
         if self.config.batching and self.batch_range is not None:
             batch = flat[0].shape[0] if flat[0].dim() else 0
