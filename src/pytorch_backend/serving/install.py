@@ -92,8 +92,9 @@ def find_tritonserver() -> Path:
             return candidate
     raise TritonServerNotFoundError(
         "no tritonserver found (checked $TRITONSERVER, PATH, /opt/tritonserver and the "
-        "nvidia-pytriton wheel): run `pip install 'pytorch-backend[server]'` or use the NGC "
-        "tritonserver container"
+        "nvidia-pytriton wheel): install the server extra, `pip install '.[server]'` from a "
+        "checkout (or `pip install 'pytorch-backend[server]' --find-links dist` with a built "
+        "wheel), or use the NGC tritonserver container"
     )
 
 
