@@ -281,9 +281,13 @@ def test_serve_binds_loopback_passes_server_args_and_serves_cpp_configs(
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a failed assertion: stop the server cleanly (own session)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def test_serve_refuses_server_args_it_sets_itself(tmp_path: Path, free_ports) -> None:
