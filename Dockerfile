@@ -36,6 +36,9 @@ RUN python3 -m pip install "numpy<2" . && rm -rf /opt/pytorch_backend
 # Install the backend: Triton runs <backends>/pytorch_python/model.py through the Python
 # backend for every model with `backend: "pytorch_python"`.
 COPY src/pytorch_backend/model.py /opt/tritonserver/backends/pytorch_python/model.py
+# To serve repositories written for the C++ backend unchanged (platform: "pytorch_libtorch",
+# backend: "pytorch") with this plugin instead of the C++ backend, uncomment this line:
+# RUN rm -rf /opt/tritonserver/backends/pytorch && cp -r /opt/tritonserver/backends/pytorch_python /opt/tritonserver/backends/pytorch
 
 WORKDIR /opt/tritonserver
 CMD ["tritonserver", "--model-repository=/models"]

@@ -37,6 +37,10 @@ Models (all float tensors are FP32):
   ``dims: [-1]``). Single tensor output: names ``ARGS[0]``/``INPUT__0`` -> ``RESULT``/``OUTPUT__0``.
   Batches of 1 and 2 are padded up to 3 by the executor.
 
+* ``build_sequence`` -> :class:`SequenceModel`: ``forward(x) -> x * 2``, x FP32 ``[B, L]`` with
+  ``Dim("batch", min=1, max=8)`` and ``Dim("seq", min=1, max=64)`` (config ``dims: [-1]``). Both
+  are compiled with a minimum of 2: batches of 1 are padded, sequences of length 1 are refused.
+
 * ``build_static`` -> :class:`StaticModel`: ``forward(x) -> x + 1``, x FP32 ``[4, 3]`` exported
   with static shapes (batch dimension fixed at 4).
 """
@@ -96,6 +100,11 @@ class ComplexModel(torch.nn.Module):
 class PaddedModel(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * 2 + 1
+
+
+class SequenceModel(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
 
 
 class StaticModel(torch.nn.Module):
@@ -158,6 +167,14 @@ def _export_padded() -> torch.export.ExportedProgram:
     )
 
 
+def _export_sequence() -> torch.export.ExportedProgram:
+    batch = torch.export.Dim("batch", min=1, max=8)
+    seq = torch.export.Dim("seq", min=1, max=64)
+    return torch.export.export(
+        SequenceModel(), (torch.randn(2, 5),), dynamic_shapes={"x": {0: batch, 1: seq}}
+    )
+
+
 def _export_static() -> torch.export.ExportedProgram:
     return torch.export.export(StaticModel(), (torch.randn(4, 3),))
 
@@ -197,6 +214,11 @@ def build_complex(dest_dir: Path | None = None) -> Path:
 def build_padded(dest_dir: Path | None = None) -> Path:
     """Package of :class:`PaddedModel` (dynamic batch 3..16, dynamic feature dim)."""
     return _build("padded", _export_padded, PaddedModel, dest_dir)
+
+
+def build_sequence(dest_dir: Path | None = None) -> Path:
+    """Package of :class:`SequenceModel` (dynamic batch and sequence, each compiled min 2)."""
+    return _build("sequence", _export_sequence, SequenceModel, dest_dir)
 
 
 def build_static(dest_dir: Path | None = None) -> Path:

@@ -19,8 +19,10 @@ from .config.dtypes import TRITON_TO_TORCH, triton_name
 from .errors import ExecutionError, ModelFailure, PyTorchBackendError, RequestError
 from .executors.base import Executor
 from .hooks import ExecuteStats, Hooks
+from .logs import InstanceLog
 from .requests import InputValue, Outcome, RequestInputs, Value
 from .strings import Strings, check_string_list
+from .tracebacks import short_text
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,12 @@ class InferenceEngine:
         config: ModelConfig,
         executor: Executor,
         hooks: Hooks | None = None,
+        log: InstanceLog | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
         self.hooks = hooks if hooks is not None else Hooks()
+        self.log = log
         self._forwards = 0
         self._inputs = {spec.name: spec for spec in config.inputs}
         self._dtypes = {
@@ -55,6 +59,9 @@ class InferenceEngine:
         self._output_specs = {spec.name: spec for spec in config.outputs}
         batch_dim = (-1,) if config.batching else ()
         self._expected_shapes = {spec.name: batch_dim + spec.shape for spec in config.inputs}
+        self._output_shapes = {
+            spec.name: batch_dim + spec.shape for spec in config.outputs if not spec.is_string
+        }
 
     # -- public -------------------------------------------------------------------------------
 
@@ -178,7 +185,11 @@ class InferenceEngine:
     def _forward_error(self, exc: Exception) -> PyTorchBackendError:
         if isinstance(exc, PyTorchBackendError):
             return exc
-        return ModelFailure(f"{type(exc).__name__}: {exc}", model=self.config.name)
+        # The client gets the model's own message on one line (no interpreter traceback, no
+        # source paths); the full text goes to the verbose log.
+        if self.log is not None:
+            self.log.verbose(f"forward raised {type(exc).__name__}: {exc}")
+        return ModelFailure(short_text(exc), model=self.config.name)
 
     def _check_outputs(self, group: list[_Valid], outputs: Mapping[str, Value]) -> dict[str, Value]:
         needed: set[str] = set()
@@ -223,6 +234,13 @@ class InferenceEngine:
             raise ExecutionError(
                 f"output '{name}' has {value.shape[0]} rows in dimension 0; the "
                 f"batch has {total} items"
+            )
+        expected = self._output_shapes[name]
+        shape = value.shape
+        if len(shape) != len(expected) or any(e not in (-1, s) for e, s in zip(expected, shape)):
+            raise ExecutionError(
+                f"output '{name}' has shape {_shape_text(shape)}; the configuration declares "
+                f"{_shape_text(expected)}" + (" (-1: the batch dimension)" if batching else "")
             )
         return value.detach().contiguous()
 

@@ -108,7 +108,7 @@ def _build(args: InstanceArgs, config: ModelConfig, log: InstanceLog) -> Instanc
     log.info(f"model kind: {kind.value} ({resolved.reason})")
     executor = REGISTRY[kind].load(LoadContext(config, path, device, log, params))
     shared, sharing = _share_weights(params, args, kind, path, device, executor, log)
-    engine = InferenceEngine(config, executor, _hooks(params, settings, device, executor))
+    engine = InferenceEngine(config, executor, _hooks(params, settings, device, executor), log)
     effective = EffectiveSettings(
         params, settings, device, config.cpu_instance_count, sharing, kind
     )

@@ -106,8 +106,16 @@ class TritonPythonModel:
         return auto_complete_model_config
 
     def initialize(self, args: dict[str, str]) -> None:
-        self._instance: Instance = build_instance(InstanceArgs.from_triton(args))
-        self._strings = {s.name for s in self._instance.config.inputs if s.is_string}
+        try:
+            self._instance: Instance = build_instance(InstanceArgs.from_triton(args))
+        except PyTorchBackendError as error:
+            failure = error
+        else:
+            self._strings = {s.name for s in self._instance.config.inputs if s.is_string}
+            return
+        # Raised here, without the frames it came through: the Python backend appends every
+        # frame of the traceback ("At: file(line)") to the load error a user reads.
+        raise failure.with_traceback(None) from None
 
     def execute(self, requests: list) -> list:
         try:

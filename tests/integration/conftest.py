@@ -5,9 +5,10 @@ Fixtures:
 - ``backends_dir`` (session): the assembled ``--backend-directory`` (``python/`` and
   ``pytorch_python/model.py``), built once per session.
 - ``triton`` (module): ``start(repo, **kwargs) -> RunningServer``; kwargs go to
-  ``TritonServer`` (``extra_args``, ``env_overrides``...) except ``timeout`` (readiness wait,
-  default 180 s). Servers run with ``strip_locale=True`` and ``--exit-timeout-secs=5`` (a later
-  value in ``extra_args`` wins), log to a file, and stop at module end.
+  ``TritonServer`` (``extra_args``, ``env_overrides``, ``backend_directory``...) except
+  ``timeout`` (readiness wait, default 180 s). Servers run with ``strip_locale=True`` and
+  ``--exit-timeout-secs=5`` (a later value in ``extra_args`` wins), log to a file, and stop at
+  module end.
 - ``free_ports`` (function): ``free_ports(n)`` returns n distinct TCP ports free right now.
 
 Every test in this folder is marked ``integration``.
@@ -117,8 +118,7 @@ def triton(
             metrics_port=metrics_port,
             log=log_path,
             server=tritonserver_path,
-            backend_directory=backends_dir,
-            **kwargs,  # type: ignore[arg-type]
+            **{"backend_directory": backends_dir, **kwargs},  # type: ignore[arg-type]
         )
         running = RunningServer(server, log_path)
         started.append(running)

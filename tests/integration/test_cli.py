@@ -210,3 +210,108 @@ def test_tritonserver_env_var_pointing_at_missing_file(tmp_path: Path, free_port
 def test_backends_without_tritonserver(tmp_path: Path) -> None:
     result = _run_cli("backends", str(tmp_path / "b"), env=_no_server_env(tmp_path))
     _assert_one_line_error(result, "no tritonserver found")
+
+
+# --------------------------------------------------------------------------- migration options
+
+
+def _listen_addresses(port: int) -> set[str]:
+    """Addresses something listens on at ``port`` (/proc/net/tcp and tcp6; IPv4-mapped IPv6
+    addresses as IPv4, any other IPv6 address as "ipv6:<hex>")."""
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            host, hex_port = fields[1].rsplit(":", 1)
+            if fields[3] != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            if len(host) == 8 or host.startswith("0000000000000000FFFF0000"):
+                v4 = host[-8:]
+                found.add(".".join(str(int(v4[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+            else:
+                found.add(f"ipv6:{host}")
+    return found
+
+
+def test_serve_binds_loopback_passes_server_args_and_serves_cpp_configs(
+    tritonserver_path: Path, tmp_path: Path, free_ports
+) -> None:
+    import tritonclient.http as httpclient
+
+    from tests import ts_models
+
+    repo = _write_repo(tmp_path / "repo")
+    cpp = repo / "cpp"  # written for the C++ backend, unchanged
+    ts_models.save(ts_models.Scale(), cpp / "1" / "model.pt")
+    (cpp / "config.pbtxt").write_text(
+        'platform: "pytorch_libtorch"\nmax_batch_size: 4\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+    )
+    http_port, grpc_port, metrics_port = free_ports(3)
+    process = subprocess.Popen(
+        [*_cli(), "serve", str(repo), "--http-port", str(http_port),
+         "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--",
+         "--log-verbose=1", "--model-control-mode=explicit", "--load-model=echo",
+         "--load-model=cpp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        output = _Lines(process.stdout)
+        output.wait_for("pytorch-backend: serving", timeout=180)
+        lines = output.lines
+        assert "  bound to 127.0.0.1; --address 0.0.0.0 accepts other hosts" in lines
+        assert "    echo (version 1): READY" in lines
+        assert "    cpp (version 1): READY" in lines
+        # --model-control-mode=explicit reached the server: "broken" was not loaded at all
+        assert not any(line.startswith("    broken (version 1)") for line in lines)
+        # a --log-verbose=1 line
+        assert any("Server side auto-completed config" in line for line in lines)
+        for port in (http_port, grpc_port, metrics_port):
+            assert _listen_addresses(port) == {"127.0.0.1"}, port
+
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        data = np.array([[1.0, -2.5]], dtype=np.float32)
+        request = httpclient.InferInput("x", list(data.shape), "FP32")
+        request.set_data_from_numpy(data)
+        np.testing.assert_array_equal(client.infer("cpp", [request]).as_numpy("y"), data * 2)
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:  # a failed assertion: stop the server cleanly (own session)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_serve_refuses_server_args_it_sets_itself(tmp_path: Path, free_ports) -> None:
+    http, grpc, metrics = (str(p) for p in free_ports(3))
+    ports = ("--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics)
+    result = _run_cli("serve", str(tmp_path), *ports, "--", "--http-port=9")
+    _assert_one_line_error(result, "--http-port is set by pytorch-backend serve")
+    result = _run_cli("serve", str(tmp_path), *ports, "--address", "256.1.1.1")
+    _assert_one_line_error(result, "cannot bind to --address 256.1.1.1")
+
+
+def test_backends_as_pytorch(tritonserver_path: Path, tmp_path: Path) -> None:
+    result = _run_cli("backends", str(tmp_path / "b"), "--as-pytorch")
+    assert result.returncode == 0, result.stderr
+    for name in ("pytorch_python", "pytorch"):
+        assert (tmp_path / "b" / name / "model.py").is_file()
+    # a folder holding the C++ PyTorch backend: refused, nothing written over it
+    cpp = tmp_path / "ngc" / "pytorch"
+    cpp.mkdir(parents=True)
+    (cpp / "libtriton_pytorch.so").write_bytes(b"\x7fELF")
+    (cpp / "model.py").write_text("# upstream's Python runtime\n")
+    result = _run_cli("backends", str(tmp_path / "ngc"), "--as-pytorch")
+    _assert_one_line_error(result, "holds the C++ PyTorch backend (libtriton_pytorch.so)")
+    assert (cpp / "model.py").read_text() == "# upstream's Python runtime\n"
+    result = _run_cli("backends", str(tmp_path / "ngc"))  # without the alias: fine
+    assert result.returncode == 0, result.stderr
+    assert (cpp / "model.py").read_text() == "# upstream's Python runtime\n"

@@ -297,3 +297,39 @@ def test_cpu_package_on_a_gpu_instance_runs_on_cpu(padded_pkg):
     assert ex.input_device == CPU
     x = torch.randn(2, 3)
     torch.testing.assert_close(ex.run({"ARGS[0]": x})["RESULT"], x * 2 + 1)
+
+
+# --- migration: output dims checked at load, minimum lengths of dynamic non-batch dims ---------
+
+
+def test_wrong_fixed_output_dims_fail_the_load(complex_pkg):
+    outputs = dict(models.COMPLEX_OUTPUTS)
+    outputs["RESULT[out]"] = ("OUTPUT__0", "FP32", (5,))
+    cfg = make_config(8, models.COMPLEX_INPUTS, outputs)
+    with pytest.raises(ModelLoadError, match=r"output 'RESULT\[out\]'.* has shape \[2, 4\]"):
+        AotiExecutor(cfg, complex_pkg, CPU)
+
+
+def test_output_dims_that_may_depend_on_variable_inputs_are_only_warned(padded_pkg):
+    from pytorch_backend.logs import InstanceLog
+
+    warnings: list[str] = []
+
+    class Sink:
+        log_info = log_verbose = log_error = staticmethod(lambda m: None)
+        log_warn = staticmethod(warnings.append)
+
+    cfg = make_config(16, {"ARGS[0]": ("INPUT__0", "FP32", (-1,))}, {"RESULT": ("O", "FP32", (5,))})
+    AotiExecutor(cfg, padded_pkg, CPU, InstanceLog("aoti", "aoti_0", Sink()))
+    assert any("declares dims [5]" in w for w in warnings)
+
+
+def test_length_below_the_exported_minimum_is_refused_with_the_reason():
+    cfg = make_config(8, {"ARGS[0]": ("INPUT__0", "FP32", (-1,))}, {"RESULT": ("O", "FP32", (-1,))})
+    executor = AotiExecutor(cfg, models.build_sequence(), CPU)
+    assert executor._minimums == [(0, 1, 2)]
+    with pytest.raises(RequestError, match="has size 1 in dim 0, below the package's exported "
+                       "minimum of 2 .torch.export specialises sizes 0 and 1"):  # fmt: skip
+        executor.run({"ARGS[0]": torch.ones(3, 1)})
+    x = torch.rand(1, 2)  # batch 1 is padded; length 2 is the minimum
+    torch.testing.assert_close(executor.run({"ARGS[0]": x})["RESULT"], x * 2)

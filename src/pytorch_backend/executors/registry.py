@@ -185,6 +185,15 @@ def artifact_path(
                 f" (found '{other.default_filename}': set platform: \"{other.platform}\" "
                 "to serve it)"
             )
+        elif found := _other_files(root):
+            # e.g. model.pth with no default_model_filename: name the file that is there
+            field = (
+                "the MODEL_FILENAME parameter"
+                if config.backend == "python"
+                else "default_model_filename"
+            )
+            listed = ", ".join(f"'{f}'" for f in found[:5])
+            hint = f" (the version directory holds {listed}: name the model file with {field})"
         raise config.error(f"unable to find '{path}'{hint}")
     return path
 
@@ -201,3 +210,14 @@ def _inside(config: ModelConfig, version_dir: Path, name: str) -> Path:
     if root not in path.parents:
         raise config.error(f"model file name '{name}' leaves the version directory '{version_dir}'")
     return path
+
+
+def _other_files(root: Path) -> list[str]:
+    """Files in a version directory that could be the model (not hidden, not Python scripts)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix != ".py"
+    )

@@ -115,14 +115,35 @@ def _for_kind(key: str, describe: Describer) -> Describer:
 
 
 Describer = Callable[[EffectiveSettings], str]
+_DEFAULTS = {p.key: getattr(BackendParameters(), p.field) for p in PARAMETERS if p.field}
+
+
+def _torchscript_only(key: str, describe: Describer) -> Describer:
+    """A TorchScript JIT setting: on another kind, say it has no effect (and what was given)."""
+
+    def describe_for_kind(e: EffectiveSettings) -> str:
+        if e.kind is None or e.kind == ModelKind.TORCHSCRIPT:
+            return describe(e)
+        value = getattr(e.params, BY_KEY[key].field or "", None)
+        set_to = f"{on_off(value)} given, " if value is not None and value != _DEFAULTS[key] else ""
+        return f"{set_to}no effect on {e.kind.value}s"
+
+    return describe_for_kind
+
 
 DESCRIBERS: Mapping[str, Describer] = {
     "INFERENCE_MODE": _inference_mode,
     "ENABLE_GRAD": lambda e: on_off(e.params.enable_grad),
-    "DISABLE_OPTIMIZED_EXECUTION": _optimized,
-    "ENABLE_JIT_EXECUTOR": _jit(lambda s: s.jit_executor, "enable_jit_executor"),
-    "ENABLE_JIT_PROFILING": _jit(lambda s: s.jit_profiling, "enable_jit_profiling"),
-    "ENABLE_TENSOR_FUSER": _jit(lambda s: s.tensor_fuser, "enable_tensor_fuser"),
+    "DISABLE_OPTIMIZED_EXECUTION": _torchscript_only("DISABLE_OPTIMIZED_EXECUTION", _optimized),
+    "ENABLE_JIT_EXECUTOR": _torchscript_only(
+        "ENABLE_JIT_EXECUTOR", _jit(lambda s: s.jit_executor, "enable_jit_executor")
+    ),
+    "ENABLE_JIT_PROFILING": _torchscript_only(
+        "ENABLE_JIT_PROFILING", _jit(lambda s: s.jit_profiling, "enable_jit_profiling")
+    ),
+    "ENABLE_TENSOR_FUSER": _torchscript_only(
+        "ENABLE_TENSOR_FUSER", _jit(lambda s: s.tensor_fuser, "enable_tensor_fuser")
+    ),
     "ENABLE_NVFUSER": _nvfuser,
     "DISABLE_CUDNN": _cudnn,
     "ENABLE_CACHE_CLEANING": _cache_cleaning,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -21,11 +22,28 @@ from .server import (
     TritonServer,
     TritonServerNotFoundError,
     assemble_backends,
+    check_pytorch_alias,
+    client_host,
     find_tritonserver,
     port_in_use,
 )
 
 EXAMPLES_MARKER = ".pytorch_backend_examples"
+LOCALHOST = "127.0.0.1"
+_ALL_ADDRESSES = ("0.0.0.0", "::")
+_LOCAL_DISPLAY = (LOCALHOST, *_ALL_ADDRESSES)
+_OWN_FLAGS = {
+    "--model-repository": "give the repository as REPO",
+    "--model-store": "give the repository as REPO",
+    "--backend-directory": "serve assembles it; use `pytorch-backend backends` and run "
+    "tritonserver yourself",
+    "--http-port": "use --http-port",
+    "--grpc-port": "use --grpc-port",
+    "--metrics-port": "use --metrics-port",
+    "--http-address": "use --address",
+    "--grpc-address": "use --address",
+    "--metrics-address": "use --address",
+}
 DEFAULT_EXAMPLES_REPO = "model_repository_examples"
 
 
@@ -64,7 +82,28 @@ def _check_repository(repo: Path) -> None:
         raise CliError(f"model repository {repo} is not a folder")
 
 
-def _check_ports(ports: Mapping[str, int]) -> None:
+def _check_address(address: str) -> None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((address, 0))
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise CliError(f"cannot bind to --address {address}: {reason}") from None
+
+
+def _check_server_args(server_args: Sequence[str]) -> None:
+    """Arguments after ``--`` go to tritonserver, except those ``serve`` sets itself."""
+    for arg in server_args:
+        flag = arg.split("=", 1)[0]
+        if flag in _OWN_FLAGS:
+            raise CliError(
+                f"{flag} is set by pytorch-backend serve; {_OWN_FLAGS[flag]} instead of "
+                "passing it after --"
+            )
+
+
+def _check_ports(ports: Mapping[str, int], address: str) -> None:
     seen: dict[int, str] = {}
     for flag, port in ports.items():
         if not 0 < port < 65536:
@@ -72,7 +111,7 @@ def _check_ports(ports: Mapping[str, int]) -> None:
         if port in seen:
             raise CliError(f"{seen[port]} and {flag} are both {port}; give each its own port")
         seen[port] = flag
-        if port_in_use(port):
+        if port_in_use(port, address):
             raise CliError(f"port {port} ({flag}) is already in use; choose another with {flag}")
 
 
@@ -95,24 +134,30 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def _serve(args: argparse.Namespace) -> int:
     repo = Path(args.repo)
     _check_repository(repo)
+    _check_server_args(args.server_args)
+    _check_address(args.address)
     ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port}
-    _check_ports({**ports, "--metrics-port": args.metrics_port})
+    _check_ports({**ports, "--metrics-port": args.metrics_port}, args.address)
     server_path = find_tritonserver()
     if args.build_examples or (repo / EXAMPLES_MARKER).exists():
         sys.stdout.write(_describe_built(repo, _build_examples(repo)))
         sys.stdout.flush()
     extra = [f"--log-verbose={args.log_verbose}"] if args.log_verbose else []
+    host = "localhost" if args.address in _LOCAL_DISPLAY else client_host(args.address)
     with tempfile.TemporaryDirectory(prefix="pytorch-backend-") as tmp:
-        backends = assemble_backends(Path(tmp) / "backends", server_path)
+        # Also as backend "pytorch": repositories written for the C++ backend load unchanged
+        # (this fresh folder never holds the C++ backend).
+        backends = assemble_backends(Path(tmp) / "backends", server_path, as_pytorch=True)
         server = TritonServer(
             repo,
             http_port=args.http_port,
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
             log=sys.stdout,
-            extra_args=extra,
+            extra_args=[*extra, *args.server_args],
             server=server_path,
             backend_directory=backends,
+            address=args.address,
         )
         signal.signal(signal.SIGTERM, _raise_interrupt)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
@@ -121,9 +166,13 @@ def _serve(args: argparse.Namespace) -> int:
             models = server.wait_ready(timeout=None)
             summary = [
                 "pytorch-backend: tritonserver is ready",
-                f"  HTTP     http://localhost:{args.http_port}",
-                f"  gRPC     localhost:{args.grpc_port}",
-                f"  metrics  http://localhost:{args.metrics_port}/metrics",
+                f"  HTTP     http://{host}:{args.http_port}",
+                f"  gRPC     {host}:{args.grpc_port}",
+                f"  metrics  http://{host}:{args.metrics_port}/metrics",
+                f"  bound to {args.address}"
+                + (" (all addresses)" if args.address in _ALL_ADDRESSES else "")
+                + ("; --address 0.0.0.0 accepts other hosts" if args.address == LOCALHOST else ""),
+                "  backends pytorch_python and pytorch (platform pytorch_libtorch / torch_aoti)",
                 *_describe_models(models),
                 "pytorch-backend: serving; press Ctrl-C to stop",
             ]
@@ -222,7 +271,9 @@ def _package(args: argparse.Namespace) -> int:
 
 
 def _backends(args: argparse.Namespace) -> int:
-    dest = assemble_backends(Path(args.dest), find_tritonserver())
+    if args.as_pytorch:
+        check_pytorch_alias(Path(args.dest))  # before looking for a server: the clearer error
+    dest = assemble_backends(Path(args.dest), find_tritonserver(), as_pytorch=args.as_pytorch)
     print(dest)
     return 0
 
@@ -240,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8000, metavar="PORT")
     serve.add_argument("--grpc-port", type=int, default=8001, metavar="PORT")
     serve.add_argument("--metrics-port", type=int, default=8002, metavar="PORT")
+    serve.add_argument(
+        "--address",
+        default=LOCALHOST,
+        help=f"address the endpoints bind to (default {LOCALHOST}; 0.0.0.0 in a container)",
+    )
     serve.add_argument("--log-verbose", type=int, default=0, metavar="N", help="server log level")
     serve.add_argument(
         "--build-examples",
@@ -282,13 +338,31 @@ def build_parser() -> argparse.ArgumentParser:
         "backends", help="write a backends folder for tritonserver --backend-directory"
     )
     backends.add_argument("dest", metavar="DEST")
+    backends.add_argument(
+        "--as-pytorch",
+        action="store_true",
+        help="also install as backend 'pytorch', so C++-backend configs load unchanged "
+        "(refused when DEST/pytorch holds the C++ backend)",
+    )
     backends.set_defaults(func=_backends)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``pytorch-backend`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``pytorch-backend`` console script.
+
+    ``serve REPO [options] -- ARGS``: every argument after ``--`` goes to tritonserver.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    server_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, server_args = argv[:split], argv[split + 1 :]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if server_args and args.command != "serve":
+        parser.error("only serve passes arguments after -- to tritonserver")
+    args.server_args = server_args
     try:
         return args.func(args)
     except (CliError, TritonServerNotFoundError, BackendAssemblyError) as error:

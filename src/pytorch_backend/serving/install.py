@@ -2,7 +2,7 @@
 
 - :func:`find_tritonserver` locates a server binary.
 - :func:`assemble_backends` builds a ``--backend-directory`` holding the Python backend and
-  ``pytorch_python/model.py`` (this package's adapter).
+  ``pytorch_python/model.py`` (this package's adapter), optionally also as ``pytorch/model.py``.
 - :func:`server_environment` builds the child environment so the Python backend stub imports
   this package and torch from the running interpreter.
 """
@@ -30,6 +30,9 @@ NO_BUNDLED_SERVER_ENV = "PYTORCH_BACKEND_NO_BUNDLED_SERVER"
 
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 STUB_NAME = "triton_python_backend_stub"
+PLUGIN_NAME = "pytorch_python"
+CPP_PYTORCH_LIBRARY = "libtriton_pytorch.so"
+"""The C++ PyTorch backend, ``<backends>/pytorch/libtriton_pytorch.so`` (wins over model.py)."""
 
 
 class TritonServerNotFoundError(PyTorchBackendError):
@@ -89,8 +92,9 @@ def find_tritonserver() -> Path:
             return candidate
     raise TritonServerNotFoundError(
         "no tritonserver found (checked $TRITONSERVER, PATH, /opt/tritonserver and the "
-        "nvidia-pytriton wheel): run `pip install 'pytorch-backend[server]'` or use the NGC "
-        "tritonserver container"
+        "nvidia-pytriton wheel): install the server extra, `pip install '.[server]'` from a "
+        "checkout (or `pip install 'pytorch-backend[server]' --find-links dist` with a built "
+        "wheel), or use the NGC tritonserver container"
     )
 
 
@@ -139,13 +143,32 @@ def _find_stub(root: Path, version: tuple[int, int]) -> Path:
     return stub
 
 
-def assemble_backends(dest: Path, server: Path) -> Path:
+def check_pytorch_alias(dest: Path) -> None:
+    """Refuse to install this plugin as backend ``pytorch`` over the C++ PyTorch backend."""
+    cpp = Path(dest) / "pytorch" / CPP_PYTORCH_LIBRARY
+    if cpp.exists():
+        raise BackendAssemblyError(
+            f"{cpp.parent} holds the C++ PyTorch backend ({CPP_PYTORCH_LIBRARY}); this plugin is "
+            "not installed as backend 'pytorch' over it. Either keep the C++ backend and give "
+            'the models you move here backend: "pytorch_python", or remove '
+            f'{cpp.parent} first to serve unchanged platform: "pytorch_libtorch" / '
+            '"torch_aoti" configs with this plugin'
+        )
+
+
+def assemble_backends(dest: Path, server: Path, *, as_pytorch: bool = False) -> Path:
     """Write a backends folder for ``server`` into ``dest`` and return ``dest``.
 
     ``dest/python/`` gets the Python backend library, its utils module and the stub matching the
     running Python; ``dest/pytorch_python/model.py`` is a copy of this package's ``model.py``.
-    Everything is copied (Triton refuses a library whose real path leaves the folder).
+    With ``as_pytorch`` the same file also goes to ``dest/pytorch/model.py``, so configs written
+    for the C++ backend (``platform: "pytorch_libtorch"``/``"torch_aoti"``, ``backend:
+    "pytorch"``) load unchanged; refused when ``dest/pytorch`` holds the C++ backend. Everything
+    is copied (Triton refuses a library whose real path leaves the folder); a file that already
+    is the source (``dest`` being the server's own backends folder) is left as it is.
     """
+    if as_pytorch:
+        check_pytorch_alias(dest)
     root = _server_root(Path(server))
     source = root / "backends" / "python"
     missing = [name for name in PYTHON_BACKEND_FILES if not (source / name).is_file()]
@@ -162,14 +185,17 @@ def assemble_backends(dest: Path, server: Path) -> Path:
         _copy_file(source / name, python_dir / name)
     _copy_file(stub, python_dir / STUB_NAME)
     model = _package_model_file()
-    plugin_dir = dest / "pytorch_python"
-    plugin_dir.mkdir(exist_ok=True)
-    if model.is_file():
-        _copy_file(model, plugin_dir / "model.py")
+    for name in (PLUGIN_NAME, "pytorch") if as_pytorch else (PLUGIN_NAME,):
+        plugin_dir = dest / name
+        plugin_dir.mkdir(exist_ok=True)
+        if model.is_file():
+            _copy_file(model, plugin_dir / "model.py")
     return dest
 
 
 def _copy_file(src: Path, dst: Path) -> None:
+    if dst.exists() and dst.samefile(src):
+        return
     if dst.is_symlink() or dst.exists():
         dst.unlink()
     shutil.copy2(src, dst)  # follows symlinks: the copy is a real file

@@ -28,17 +28,20 @@ from .install import (
     BackendAssemblyError,
     TritonServerNotFoundError,
     assemble_backends,
+    check_pytorch_alias,
     find_tritonserver,
     server_environment,
 )
 
 __all__ = [
     "BackendAssemblyError",
+    "check_pytorch_alias",
     "ModelStatus",
     "ServerError",
     "TritonServer",
     "TritonServerNotFoundError",
     "assemble_backends",
+    "client_host",
     "find_tritonserver",
     "port_in_use",
     "server_environment",
@@ -65,6 +68,13 @@ class ServerError(PyTorchBackendError):
 
 
 # --------------------------------------------------------------------------- discovery
+
+
+def client_host(address: Optional[str]) -> str:
+    """Where a local client reaches a server bound to ``address`` (all addresses: loopback)."""
+    if not address or address in ("0.0.0.0", "::", "[::]"):
+        return "127.0.0.1"
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
@@ -97,7 +107,8 @@ class TritonServer:
     ``log`` is a file path, a stream or ``None``; the server's stdout and stderr go there.
     ``strip_locale`` removes LANG/LANGUAGE/LC_* (and PYTHONUTF8/PYTHONCOERCECLOCALE) from the
     child so it runs in the C locale. ``server``/``backend_directory`` default to
-    :func:`find_tritonserver` and a freshly assembled temporary folder.
+    :func:`find_tritonserver` and a freshly assembled temporary folder. ``address`` binds the
+    HTTP, gRPC and metrics endpoints there (``None``: tritonserver's default, all addresses).
     """
 
     def __init__(
@@ -113,8 +124,10 @@ class TritonServer:
         strip_locale: bool = False,
         server: Optional[Path] = None,
         backend_directory: Optional[Path] = None,
+        address: Optional[str] = None,
     ) -> None:
         self.repository = Path(repository).absolute()
+        self.address = address
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.extra_args = tuple(extra_args)
         self.env_overrides = dict(env_overrides or {})
@@ -143,6 +156,11 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
+            *(
+                [f"--{api}-address={self.address}" for api in ("http", "grpc", "metrics")]
+                if self.address
+                else []
+            ),
             "--exit-on-error=false",
             "--strict-readiness=false",
             *self.extra_args,
@@ -281,7 +299,7 @@ class TritonServer:
         ]
 
     def _url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}{path}"
+        return f"http://{client_host(self.address)}:{self.http_port}{path}"
 
     def _get(self, path: str) -> int:
         try:

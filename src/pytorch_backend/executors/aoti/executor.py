@@ -13,7 +13,8 @@ Loading:
 
 Running: inputs are flattened in leaf order and made contiguous. Batches below the exported
 minimum (AOTI compiles ``Dim(min=1)`` as a lower bound of 2) are padded by repeating the last
-row, and the padding is dropped from the outputs.
+row, and the padding is dropped from the outputs. A config ``-1`` dim whose exported minimum is
+above 1 is logged at load, and a request below it is refused naming the minimum and why.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -35,11 +37,20 @@ from ...logs import InstanceLog
 from .. import artifacts
 from ..base import Capabilities, LoadContext
 from .callspec import CallSpec, CallSpecError, load_error, parse_call_spec, resolve_bindings
-from .probe import CHECK_RE, PackageProbe
+from .probe import CHECK_RE, PackageProbe, parse_check
 
 _CHECK_ENV = "AOTI_RUNTIME_CHECK_INPUTS"
 _MODEL_NAME = "model"  # the model name inside the archive, as in upstream
 _LOAD_LOCK = threading.Lock()  # the environment variable is process-wide
+
+
+def _why_minimum(minimum: int) -> str:
+    if minimum == 2:
+        return (
+            "torch.export specialises sizes 0 and 1, so a dynamic Dim(min=1) is compiled with a "
+            "minimum of 2"
+        )
+    return f"exported with Dim(min={minimum})"
 
 
 def _package_device_key(path: Path) -> str | None:
@@ -144,6 +155,15 @@ class AotiExecutor:
             )
             self.batch_range, fills = probe.run()
         offset = 1 if config.batching else 0
+        self._minimums = [
+            (leaf, dim, minimum) for (leaf, dim), minimum in sorted(probe.minimums.items())
+        ]
+        for leaf, dim, minimum in self._minimums:
+            self.log.warn(
+                f"input '{self.bindings.inputs[leaf]}' dim {dim - offset} is -1 in the config, "
+                f"but the package accepts sizes >= {minimum} there: requests with a smaller size "
+                f"will be refused ({_why_minimum(minimum)})"
+            )
         self.capabilities = Capabilities(
             devices=(self.input_device,),
             warmup_shapes={
@@ -174,7 +194,8 @@ class AotiExecutor:
             # The package's own input checks (shape outside the exported range...) are the
             # request's fault; the engine bisects a batch to find which request it was.
             error = RequestError if CHECK_RE.search(str(e)) else ExecutionError
-            raise error(f"AOT-Inductor execution failed: {text}") from e
+            hint = self._below_minimum(str(e))
+            raise error(f"{hint}AOT-Inductor execution failed: {text}") from e
         result: dict[str, Any] = {}
         for name, index in self.bindings.outputs.items():
             value = outputs[index]
@@ -200,6 +221,22 @@ class AotiExecutor:
     def _load(self, device: torch.device) -> Any:
         loader, self.input_device = load_package(self.config, self.path, device)
         return loader
+
+    def _below_minimum(self, message: str) -> str:
+        """For a size under the minimum of a config ``-1`` dim: which, why, and what to send."""
+        check = parse_check(message)
+        minimum = (check.leaf, check.dim, check.value) if check and check.kind == "small" else None
+        if minimum is None or minimum not in self._minimums:
+            return ""
+        offset = 1 if self.config.batching else 0
+        size = re.search(r"but got: (\d+)", check.text)  # type: ignore[union-attr]
+        return (
+            f"input '{self.bindings.inputs[minimum[0]]}' has size "
+            f"{size.group(1) if size else 'less'} in dim {minimum[1] - offset}, below the "
+            f"package's exported minimum of {minimum[2]} ({_why_minimum(minimum[2])}); send at "
+            f"least {minimum[2]}, padded the way the model expects (with its mask), or serve a "
+            "package exported for it. "
+        )
 
     def _explain(self, error: Exception) -> str:
         text = str(error).strip()

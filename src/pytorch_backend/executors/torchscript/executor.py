@@ -3,34 +3,65 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ...config import ModelConfig
-from ...errors import ExecutionError, ModelLoadError
+from ...errors import ExecutionError
+from ...logs import InstanceLog
 from ...requests import Value
 from ...runtime.devices import kind_model_placement, module_devices
+from ...tracebacks import short_text
 from .. import artifacts
 from ..base import Capabilities, LoadContext
 from .naming import Binding, Signature, bind_inputs, bind_outputs
 
+_UNKNOWN_OP_RE = re.compile(r"Unknown builtin op: (\w+::\w+)")
+
 
 def load_torchscript(
-    config: ModelConfig, path: Path, map_location: torch.device | None
+    config: ModelConfig,
+    path: Path,
+    map_location: torch.device | None,
+    log: InstanceLog | None = None,
 ) -> torch.jit.ScriptModule:
-    """Load a TorchScript file; errors say what the file is instead."""
+    """Load a TorchScript file; errors keep torch's whole cause, or say what the file is instead."""
     try:
         module = torch.jit.load(str(path), map_location=map_location)
     except Exception as exc:
-        raise ModelLoadError(
-            f"cannot load '{path}' as TorchScript: it is {artifacts.describe(path)} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-            model=config.name,
-        ) from None
+        if log is not None:
+            log.info(f"torch.jit.load('{path}') failed: {type(exc).__name__}: {exc}")
+        reason = load_failure(config, path, exc)
+        raise config.error(f"cannot load '{path}' as TorchScript: {reason}") from None
     module.eval()
     return module
+
+
+def load_failure(config: ModelConfig, path: Path, exc: Exception) -> str:
+    """Why ``torch.jit.load`` failed: what the file is, or (for a TorchScript archive) the cause."""
+    kind = artifacts.identify(path)
+    if kind != artifacts.TORCHSCRIPT:
+        return f"it is {artifacts.describe(path)}"  # torch's own text ("corrupted ...") misleads
+    text = short_text(exc)
+    unknown = _UNKNOWN_OP_RE.search(str(exc))
+    if unknown is None:
+        return text
+    op = unknown.group(1)
+    namespace = op.split("::")[0]
+    given = config.parameters.get("CUSTOM_OP_LIBRARIES")
+    where = (
+        f"none of the CUSTOM_OP_LIBRARIES ({given}) defines it"
+        if given
+        else "load the shared library that defines it with the CUSTOM_OP_LIBRARIES parameter"
+    )
+    hint = " (torchvision's ops are in torchvision/_C.so)" if namespace == "torchvision" else ""
+    return (
+        f"the model calls operator '{op}', which is not registered in this process; "
+        f"{where}{hint}. torch said: {text}"
+    )
 
 
 def signature_of(module: torch.jit.ScriptModule) -> Signature:
@@ -92,7 +123,9 @@ def load(context: LoadContext) -> TorchScriptExecutor:
     KIND_MODEL (``device`` None) keeps the devices saved in the model; a model without CUDA
     tensors moves to the first GPU when there is one. Its inputs are prepared on the CPU.
     """
-    module = load_torchscript(context.config, context.path, map_location=context.device)
+    module = load_torchscript(
+        context.config, context.path, map_location=context.device, log=context.log
+    )
     if context.device is None:
         placement = kind_model_placement(module)
         if placement is not None:
