@@ -59,6 +59,7 @@ class BackendParameters:
     enable_weight_sharing: bool = False
     custom_op_libraries: tuple[str, ...] = ()
     model_filename: str | None = None
+    enable_metrics: bool = True
 
     @property
     def grad_policy(self) -> GradPolicy:
@@ -243,6 +244,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         "unset",
         "model_filename",
         parse_file_name,
+    ),
+    Parameter(
+        "ENABLE_METRICS",
+        "torch-aware Prometheus metrics of this model on Triton's metrics port (see Metrics); "
+        "`false`: none are created",
+        "`true`",
+        "enable_metrics",
+        parse_bool,
     ),
     Parameter(
         "FORCE_CPU_ONLY_INPUT_TENSORS",

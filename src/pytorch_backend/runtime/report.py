@@ -26,6 +26,7 @@ class EffectiveSettings:
     device: torch.device | None  # None: KIND_MODEL
     cpu_instances: int
     weight_sharing: str  # the decision, as logged ("true", "false", "true, no effect: ...")
+    metrics: str = "false"  # the decision, as logged ("true", "false", "true, no effect: ...")
 
 
 def on_off(value: bool | None) -> str:
@@ -119,6 +120,7 @@ DESCRIBERS: Mapping[str, Describer] = {
     "ENABLE_WEIGHT_SHARING": lambda e: e.weight_sharing,
     "CUSTOM_OP_LIBRARIES": _libraries,
     "MODEL_FILENAME": lambda e: e.params.model_filename or "not given",
+    "ENABLE_METRICS": lambda e: e.metrics,
 }
 
 
