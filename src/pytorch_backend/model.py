@@ -79,31 +79,26 @@ class _TritonMetrics:
 
     def __init__(self, family_type) -> None:
         self._type = family_type
-        self.histograms = hasattr(family_type, "HISTOGRAM")  # servers before 24.08 have none
         self._families: dict = {}
 
     @classmethod
     def create(cls):
-        """The registry, or None on a server without the custom metrics API."""
+        """The registry, or None on a server without the custom metrics API (before 22.12)."""
         family_type = getattr(pb_utils, "MetricFamily", None)
         return cls(family_type) if family_type is not None else None
 
-    def _family(self, spec, kind):
+    def _metric(self, spec, kind, labels):
         family = self._families.get(spec.name)
         if family is None:
             family = self._type(name=spec.name, description=spec.help, kind=kind)
             self._families[spec.name] = family
-        return family
+        return family.Metric(labels=dict(labels))
 
     def counter(self, spec, labels):
-        return self._family(spec, self._type.COUNTER).Metric(labels=dict(labels))
+        return self._metric(spec, self._type.COUNTER, labels)
 
     def gauge(self, spec, labels):
-        return self._family(spec, self._type.GAUGE).Metric(labels=dict(labels))
-
-    def histogram(self, spec, labels, buckets):
-        family = self._family(spec, self._type.HISTOGRAM)
-        return family.Metric(labels=dict(labels), buckets=list(buckets))
+        return self._metric(spec, self._type.GAUGE, labels)
 
     def close(self) -> None:
         self._families.clear()  # after the instance dropped its series, as the API requires
@@ -118,6 +113,8 @@ class TritonPythonModel:
             InstanceArgs.from_triton(args), metrics=self._metrics
         )
         self._strings = {s.name for s in self._instance.config.inputs if s.is_string}
+        if self._instance.metrics is not None:
+            self._instance.metrics.start()  # flushes to the server from a background thread
 
     def execute(self, requests: list) -> list:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import time
 import urllib.request
 from typing import List
 
@@ -100,6 +101,7 @@ def after_known_requests(server):
         results = list(pool.map(lambda _: infer("grpc", server, "gathered", request(2)), range(4)))
     assert all(np.array_equal(r["y"], np.full((2, 2), 2.0)) for r in results)
     infer("http", server, "quiet", request(1))
+    time.sleep(3 * metrics.FLUSH_SECONDS)  # the instances flush their metrics once a FLUSH_SECONDS
     return scrape(server)
 
 
@@ -121,6 +123,7 @@ def test_rows_forwards_and_time_histograms(after_known_requests):
     assert value(s, rows + "_sum", "metered") == 6
     assert value(s, rows + "_bucket", "metered", le="4") == 3
     assert value(s, rows + "_bucket", "metered", le="2") == 2
+    assert value(s, rows + "_bucket", "metered", le="+Inf") == 3
     assert value(s, metrics.FORWARDS.name, "metered") == 3
     assert value(s, forward + "_count", "metered") == 3
     assert value(s, metrics.PREPARE.name + "_count", "metered") == 4

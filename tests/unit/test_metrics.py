@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -25,10 +25,9 @@ LABELS = {"model": "m", "version": "1", "model_instance": "m_0"}
 
 
 class Series:
-    def __init__(self, kind: str, buckets: Sequence[float] = ()) -> None:
-        self.kind, self.buckets = kind, tuple(buckets)
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
         self.value = 0.0
-        self.observations: list[float] = []
         self.calls = 0
 
     def increment(self, value: float) -> None:
@@ -40,26 +39,21 @@ class Series:
         self.value = value
         self.calls += 1
 
-    def observe(self, value: float) -> None:
-        self.observations.append(value)
-        self.calls += 1
-
 
 class FakeRegistry:
     """Series by (name, labels); checks that one name keeps one kind and one help text."""
 
-    def __init__(self, histograms: bool = True) -> None:
-        self.histograms = histograms
+    def __init__(self) -> None:
         self.series: dict[tuple[str, frozenset], Series] = {}
         self.families: dict[str, tuple[str, str]] = {}
 
-    def _get(self, spec, labels: Mapping[str, str], kind: str, buckets=()) -> Series:
+    def _get(self, spec, labels: Mapping[str, str], kind: str) -> Series:
         assert set(metrics.LABELS) <= set(labels)
         family = self.families.setdefault(spec.name, (kind, spec.help))
         assert family == (kind, spec.help), f"{spec.name} registered twice differently"
         key = (spec.name, frozenset(labels.items()))
         assert key not in self.series, f"{key} created twice"
-        self.series[key] = Series(kind, buckets)
+        self.series[key] = Series(kind)
         return self.series[key]
 
     def counter(self, spec, labels):
@@ -68,15 +62,24 @@ class FakeRegistry:
     def gauge(self, spec, labels):
         return self._get(spec, labels, "gauge")
 
-    def histogram(self, spec, labels, buckets):
-        assert list(buckets) == sorted(buckets)
-        return self._get(spec, labels, "histogram", buckets)
-
     def get(self, name: str, **extra: str) -> Series:
         return self.series[(name, frozenset({**LABELS, **extra}.items()))]
 
     def names(self) -> set[str]:
         return {name for name, _ in self.series}
+
+    def count(self, spec) -> float:
+        return self.get(spec.name + "_count").value
+
+    def sum(self, spec) -> float:
+        return self.get(spec.name + "_sum").value
+
+    def buckets(self, spec) -> dict[str, float]:
+        return {
+            dict(labels)["le"]: series.value
+            for (name, labels), series in self.series.items()
+            if name == spec.name + "_bucket"
+        }
 
 
 class Doubler:
@@ -134,19 +137,22 @@ def test_counters_and_histograms_follow_good_bad_and_batched_requests():
     hook.responded(3_000)
     engine.infer([RequestCancelled("cancelled"), Unavailable("gone")])  # never reach a forward
     hook.responded(4_000)
+    assert registry.get(metrics.ANSWERED.name).value == 0  # buffered until a flush
+    hook.flush()
 
     assert registry.get(metrics.ANSWERED.name).value == 4
     failed = {k: registry.get(metrics.FAILED.name, kind=k).value for k in metrics.ERROR_KINDS}
     assert failed == {"bad_input": 1, "model_error": 1, "cancelled": 1, "unavailable": 1}
     assert registry.get(metrics.FORWARDS.name).value == 1 + 1 + 3  # 2 together, then 1 + 1
-    assert registry.get(metrics.ROWS.name).observations == [1, 5, 2]
-    assert registry.get(metrics.ROWS.name).buckets == (1, 2, 4, 8)
+    # rows per execution: 1, 5 (2 + 3; the bad one never ran) and 2 (before the bisection)
+    assert (registry.count(metrics.ROWS), registry.sum(metrics.ROWS)) == (3, 8)
+    assert registry.buckets(metrics.ROWS) == {"1": 1, "2": 2, "4": 2, "8": 3, "+Inf": 3}
     assert registry.get(metrics.PADDED.name).value == 2  # the batch of 1, and the bisected good
-    assert len(registry.get(metrics.FORWARD.name).observations) == 3  # executes with a forward
-    assert len(registry.get(metrics.PREPARE.name).observations) == 4  # every execute
-    respond = registry.get(metrics.RESPOND.name).observations
-    assert len(respond) == 4 and all(r > 0 for r in respond)
-    assert respond[3] == pytest.approx(4e-6)  # nothing split: only the adapter's time
+    assert registry.count(metrics.FORWARD) == 3  # executes with a forward
+    assert registry.count(metrics.PREPARE) == 4  # every execute
+    assert registry.count(metrics.RESPOND) == 4
+    assert registry.sum(metrics.RESPOND) > 10e-6  # the adapter's 10 µs and the engine's splits
+    assert registry.buckets(metrics.RESPOND)["+Inf"] == 4
     assert registry.get(metrics.RECOMPILATIONS.name).value == 0
 
 
@@ -155,30 +161,56 @@ def test_forward_time_is_the_forward_in_seconds():
     executor = Doubler()
     run = executor.run
     executor.run = lambda batch: (time.sleep(0.03), run(batch))[1]
-    engine, _ = engine_with_metrics(registry, executor)
+    engine, hook = engine_with_metrics(registry, executor)
     engine.infer([req(torch.ones(2, 2))])
-    (forward,) = registry.get(metrics.FORWARD.name).observations
+    hook.flush()
+    forward = registry.sum(metrics.FORWARD)
     assert 0.03 <= forward < 5
-    (prepare,) = registry.get(metrics.PREPARE.name).observations
-    assert 0 < prepare < forward
+    assert registry.buckets(metrics.FORWARD)["0.025"] == 0
+    assert registry.buckets(metrics.FORWARD)["5"] == 1
+    assert 0 < registry.sum(metrics.PREPARE) < forward
 
 
 def test_a_respond_the_adapter_did_not_report_is_observed_at_the_next_execute():
     registry = FakeRegistry()
-    engine, _ = engine_with_metrics(registry)
+    engine, hook = engine_with_metrics(registry)
     engine.infer([req(torch.ones(2, 2))])
-    assert registry.get(metrics.RESPOND.name).observations == []
+    hook.flush()
+    assert registry.count(metrics.RESPOND) == 0
     engine.infer([req(torch.ones(2, 2))])
-    assert len(registry.get(metrics.RESPOND.name).observations) == 1
+    hook.flush()
+    assert registry.count(metrics.RESPOND) == 1
 
 
-def test_unchanged_values_make_no_calls():
+def test_calls_are_one_per_changed_series_per_flush_whatever_the_request_rate():
     registry = FakeRegistry()
-    engine, _ = engine_with_metrics(registry)
-    engine.infer([req(torch.ones(2, 2))])
+    engine, hook = engine_with_metrics(registry)
+    for _ in range(50):
+        engine.infer([req(torch.ones(2, 2))])
+        hook.responded(1000)
+    hook.flush()
+    hook.flush()  # nothing changed since
+    assert registry.get(metrics.ANSWERED.name).calls == 1
+    assert registry.get(metrics.ANSWERED.name).value == 50
     assert registry.get(metrics.FAILED.name, kind="bad_input").calls == 0
     assert registry.get(metrics.PADDED.name).calls == 0
     assert registry.get(metrics.RECOMPILATIONS.name).calls == 0
+    assert registry.get(metrics.FORWARD.name + "_count").calls == 1
+
+
+def test_background_flushing_and_close(tmp_path):
+    registry = FakeRegistry()
+    engine, hook = engine_with_metrics(registry)
+    hook.start(interval=0.05)
+    engine.infer([req(torch.ones(2, 2))])
+    deadline = time.monotonic() + 30
+    while registry.get(metrics.ANSWERED.name).value == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert registry.get(metrics.ANSWERED.name).value == 1
+    engine.infer([req(torch.ones(2, 2)), req(torch.ones(1, 3))])
+    hook.close()  # flushes what is left
+    assert registry.get(metrics.ANSWERED.name).value == 2
+    assert registry.get(metrics.FAILED.name, kind="bad_input").value == 1
 
 
 def test_executor_counters_are_the_seam_for_recompilations_and_warmup():
@@ -187,6 +219,7 @@ def test_executor_counters_are_the_seam_for_recompilations_and_warmup():
     hook.loaded(1.5)
     engine.infer([req(torch.full((2, 2), 7.0))])
     engine.infer([req(torch.full((2, 2), 7.0)), req(torch.full((2, 2), 7.0))])
+    hook.flush()
     assert registry.get(metrics.RECOMPILATIONS.name).value == 2
     assert registry.get(metrics.LOAD.name).value == 1.5
     assert registry.get(metrics.WARMUP.name).value == 0.25
@@ -197,21 +230,12 @@ def test_live_sequences_seam_reports_its_source_after_each_execute():
     engine, hook = engine_with_metrics(registry)
     held = [3]
     hook.watch_sequences(lambda: held[0])
+    hook.flush()
     assert registry.get(metrics.SEQUENCES.name).value == 3
     held[0] = 5
     engine.infer([req(torch.ones(1, 2))])
+    hook.flush()
     assert registry.get(metrics.SEQUENCES.name).value == 5
-
-
-def test_without_histograms_each_histogram_is_a_sum_and_a_count():
-    registry = FakeRegistry(histograms=False)
-    engine, hook = engine_with_metrics(registry)
-    engine.infer([req(torch.ones(2, 2)), req(torch.ones(3, 2))])
-    hook.responded(0)
-    assert registry.get(metrics.ROWS.name + "_sum").value == 5
-    assert registry.get(metrics.ROWS.name + "_count").value == 1
-    assert registry.get(metrics.FORWARD.name + "_count").value == 1
-    assert metrics.FORWARD.name not in registry.names()
 
 
 @pytest.mark.parametrize(
@@ -233,6 +257,7 @@ def test_sticky_cuda_errors_make_the_instance_unavailable(tmp_path, text, sticky
     engine, hook = engine_with_metrics(registry, Doubler(text), hooks=[watch])
     hook.watch_sticky_error(lambda: watch.error is not None)
     engine.infer([req(-torch.ones(1, 2))])
+    hook.flush()
     assert (watch.error is not None) is sticky
     assert registry.get(metrics.STICKY.name).value == (1.0 if sticky else 0.0)
     if sticky:
@@ -250,10 +275,10 @@ def test_build_instance_labels_its_series_and_sets_the_load_time(tmp_path):
     assert metrics.WARMUP.name not in registry.names()  # TorchScript does not warm up
     instance.infer([req(torch.ones(2, 2))])
     instance.responded(10)
-    assert registry.get(metrics.ANSWERED.name).value == 1
-    assert len(registry.get(metrics.RESPOND.name).observations) == 1
-    instance.close()
+    instance.close()  # flushes
     assert instance.metrics is None
+    assert registry.get(metrics.ANSWERED.name).value == 1
+    assert registry.count(metrics.RESPOND) == 1
 
 
 def test_enable_metrics_false_creates_no_series_and_is_logged(tmp_path):
