@@ -137,6 +137,7 @@ LOGGED_KEYS = (
     "ENABLE_WEIGHT_SHARING",
     "CUSTOM_OP_LIBRARIES",
     "MODEL_FILENAME",
+    "ENABLE_METRICS",
 )
 
 MANY_THREADS = 3  # INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT of "many"
@@ -346,6 +347,7 @@ def test_defaults_logged_one_line_per_setting(server):
     assert values["ENABLE_WEIGHT_SHARING"] == "false"
     assert values["CUSTOM_OP_LIBRARIES"] == "none"
     assert values["MODEL_FILENAME"] == "not given"
+    assert values["ENABLE_METRICS"] == "true"
 
 
 def test_many_parameters_logged_with_their_effective_values(server, op_library):
