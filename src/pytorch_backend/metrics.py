@@ -43,8 +43,8 @@ class MetricKind(enum.Enum):
 LABELS = ("model", "version", "model_instance")
 #: The ``kind`` label of failed requests (``PyTorchBackendError.kind``).
 ERROR_KINDS = ("bad_input", "model_error", "cancelled", "unavailable")
-#: Seconds; from 100 µs (a tiny CPU forward) to 5 s (a big batch).
-#: Few buckets on purpose: each is a series (created by a message to the server at load).
+#: Seconds, from 100 µs (a tiny CPU forward) to 5 s (a big batch). Few buckets on purpose: each
+#: is a series, created by a message to the server at load.
 TIME_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 #: How often buffered values reach the server (scrapes are usually 15 s or more apart).
 FLUSH_SECONDS = 1.0
