@@ -1,8 +1,20 @@
-# Triton Inference Server with the Python-based PyTorch backend ("pytorch_python").
+# Triton Inference Server with the Python-based PyTorch backend ("pytorch_python"): the one
+# production image (deploy/ runs it on Kubernetes and KServe).
 #
 #   docker build -t tritonserver-pytorch-python .
 #   docker run --gpus all --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \
 #       -v "$PWD/my_model_repository:/models" tritonserver-pytorch-python
+#
+# Build arguments: TRITON_VERSION (the NGC tritonserver release), TORCH_VERSION and
+# TORCH_INDEX_URL (the torch build, matching that release's CUDA), e.g.
+#   docker build --build-arg TRITON_VERSION=24.10 --build-arg TORCH_VERSION=2.5.1 \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 -t ... .
+#
+# --shm-size: the Python backend moves every request and response tensor through a region in
+# /dev/shm per model instance (starting at its shm-default-byte-size, growing by
+# shm-growth-byte-size, both --backend-config=python,... options); batches of large tensors and
+# several instances outgrow Docker's default 64 MiB, so give it 1g or more (on Kubernetes: an
+# emptyDir with medium: Memory at /dev/shm, as deploy/base does).
 #
 # Models then say `backend: "pytorch_python"` in config.pbtxt (otherwise written as for Triton's
 # C++ PyTorch backend). The example repository needs its artifacts built first
@@ -40,5 +52,7 @@ COPY src/pytorch_backend/model.py /opt/tritonserver/backends/pytorch_python/mode
 # backend: "pytorch") with this plugin instead of the C++ backend, uncomment this line:
 # RUN rm -rf /opt/tritonserver/backends/pytorch && cp -r /opt/tritonserver/backends/pytorch_python /opt/tritonserver/backends/pytorch
 
+# HTTP, gRPC and metrics (the ports `pytorch-backend serve` and deploy/ use).
+EXPOSE 8000 8001 8002
 WORKDIR /opt/tritonserver
 CMD ["tritonserver", "--model-repository=/models"]

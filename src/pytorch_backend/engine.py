@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from time import perf_counter_ns
 
 import torch
 
@@ -18,7 +19,7 @@ from .config import ModelConfig, TensorSpec
 from .config.dtypes import TRITON_TO_TORCH, triton_name
 from .errors import ExecutionError, ModelFailure, PyTorchBackendError, RequestError
 from .executors.base import Executor
-from .hooks import ExecuteStats, Hooks
+from .hooks import NO_FAILURES, ExecuteStats, Hooks
 from .logs import InstanceLog
 from .requests import InputValue, Outcome, RequestInputs, Value
 from .strings import Strings, check_string_list
@@ -36,6 +37,16 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def _failures(outcomes: Sequence[Outcome | None]) -> Mapping[str, int]:
+    """Failed requests per error kind (the shared empty mapping when none failed)."""
+    failures: dict[str, int] | None = None
+    for outcome in outcomes:
+        if isinstance(outcome, PyTorchBackendError):
+            failures = failures if failures is not None else {}
+            failures[outcome.kind] = failures.get(outcome.kind, 0) + 1
+    return failures if failures is not None else NO_FAILURES
+
+
 class InferenceEngine:
     """Serves requests for one model instance with one executor."""
 
@@ -51,6 +62,7 @@ class InferenceEngine:
         self.hooks = hooks if hooks is not None else Hooks()
         self.log = log
         self._forwards = 0
+        self._prepare_ns = self._forward_ns = self._split_ns = 0  # of the current infer
         self._inputs = {spec.name: spec for spec in config.inputs}
         self._dtypes = {
             spec.name: TRITON_TO_TORCH.get(spec.dtype) for spec in (*config.inputs, *config.outputs)
@@ -67,6 +79,7 @@ class InferenceEngine:
 
     def infer(self, requests: Sequence[RequestInputs | PyTorchBackendError]) -> list[Outcome]:
         """One outcome per request, in order: a dict of requested outputs, or an error."""
+        start = perf_counter_ns()
         outcomes: list[Outcome | None] = [None] * len(requests)
         groups: dict[object, list[_Valid]] = {}
         rejected = rows = 0
@@ -85,15 +98,26 @@ class InferenceEngine:
             group_key = key if self.config.batching else ("single", index)
             groups.setdefault(group_key, []).append(_Valid(index, request, batch_size))
             rows += batch_size
-        self._forwards = 0
+        self._forwards = self._forward_ns = self._split_ns = 0
+        self._prepare_ns = perf_counter_ns() - start
         try:
             for group in groups.values():
                 for valid, outcome in self._run(group):
                     outcomes[valid.index] = outcome
         finally:
-            failed = sum(isinstance(o, PyTorchBackendError) for o in outcomes)
+            failures = _failures(outcomes)
             self.hooks.after_execute(
-                ExecuteStats(len(requests), rejected, failed, self._forwards, rows)
+                ExecuteStats(
+                    len(requests),
+                    rejected,
+                    sum(failures.values()),
+                    self._forwards,
+                    rows,
+                    failures,
+                    self._prepare_ns,
+                    self._forward_ns,
+                    self._split_ns,
+                )
             )
         return outcomes  # type: ignore[return-value]
 
@@ -166,21 +190,35 @@ class InferenceEngine:
     # -- execution ----------------------------------------------------------------------------
 
     def _run(self, group: list[_Valid]) -> list[tuple[_Valid, Outcome]]:
+        start = perf_counter_ns()
+        forward = start
         try:
             batch = {name: self._gather(name, spec, group) for name, spec in self._inputs.items()}
             self._forwards += 1
+            forward = perf_counter_ns()
             with self.hooks.forward():
                 outputs = self.executor.run(batch)
         except Exception as exc:  # the forward failed: find the request(s) it fails for
+            self._timed(start, forward)
             if len(group) > 1:
                 middle = len(group) // 2
                 return self._run(group[:middle]) + self._run(group[middle:])
             return [(group[0], self._forward_error(exc))]
+        split = self._timed(start, forward)
         try:
             checked = self._check_outputs(group, outputs)
+            return list(zip(group, self._split(group, checked)))
         except PyTorchBackendError as exc:  # what the model returned is wrong for every request
             return [(valid, exc) for valid in group]
-        return list(zip(group, self._split(group, checked)))
+        finally:
+            self._split_ns += perf_counter_ns() - split
+
+    def _timed(self, start: int, forward: int) -> int:
+        """Add the gather (start..forward) and forward (forward..now) times; return now."""
+        now = perf_counter_ns()
+        self._prepare_ns += forward - start
+        self._forward_ns += now - forward
+        return now
 
     def _forward_error(self, exc: Exception) -> PyTorchBackendError:
         if isinstance(exc, PyTorchBackendError):

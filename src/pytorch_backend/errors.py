@@ -13,6 +13,8 @@ class PyTorchBackendError(Exception):
 
     #: How the text reads once the model is known.
     template = "model '{model}': {message}"
+    #: The error kind a request answered with this error is counted under (metrics).
+    kind = "model_error"
 
     def __init__(self, message: str, *, model: str | None = None, instance: str | None = None):
         super().__init__(message)
@@ -40,6 +42,20 @@ class ModelLoadError(PyTorchBackendError):
 
 class RequestError(PyTorchBackendError):
     """One request is invalid (dtype, shape, missing input...). Maps to INVALID_ARG."""
+
+    kind = "bad_input"
+
+
+class RequestCancelled(PyTorchBackendError):
+    """The client cancelled the request before it ran. Maps to CANCELLED."""
+
+    kind = "cancelled"
+
+
+class Unavailable(PyTorchBackendError):
+    """The instance cannot serve any more (a sticky CUDA error). Maps to UNAVAILABLE."""
+
+    kind = "unavailable"
 
 
 class ExecutionError(PyTorchBackendError):

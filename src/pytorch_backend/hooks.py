@@ -8,20 +8,34 @@ The engine holds one :class:`Hooks`, built once per instance by the composition 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+#: ``ExecuteStats.failures`` of an execute in which no request failed (shared, read-only).
+NO_FAILURES: Mapping[str, int] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
 class ExecuteStats:
-    """What one ``execute`` (one call of ``InferenceEngine.infer``) did."""
+    """What one ``execute`` (one call of ``InferenceEngine.infer``) did.
+
+    Times are ``time.perf_counter_ns`` deltas summed over the execute (over every forward of a
+    bisected batch too); ``prepare_ns + forward_ns + split_ns`` is the engine's part of Triton's
+    ``compute_infer`` time for the batch.
+    """
 
     requests: int  # requests handed over
     rejected: int  # refused before any forward (invalid input)
     failed: int  # answered with an error, the rejected ones included
     forwards: int  # executor runs, re-runs of a bisected batch included
     rows: int  # batch rows of the requests that reached a forward (0 without batching)
+    #: Failed requests per error kind (``PyTorchBackendError.kind``: bad_input, model_error...).
+    failures: Mapping[str, int] = field(default_factory=lambda: NO_FAILURES)
+    prepare_ns: int = 0  # validate every request and gather the batch(es)
+    forward_ns: int = 0  # the executor's forward(s), inside the hooks' forward contexts
+    split_ns: int = 0  # check the outputs and split them into per-request views
 
 
 class Hook:

@@ -2,13 +2,15 @@
 
 :func:`build_instance` reads as the list of load phases, in order: parse the config and its
 parameters, pick the device, apply the torch settings, resolve the model kind and its artifact,
-load the executor through the registry, share weights, assemble the hooks and the engine, log
-what was done. Nothing here touches Triton, so every phase is unit-tested with plain torch.
+load the executor through the registry, share weights, assemble the hooks (metrics among them)
+and the engine, log what was done. Nothing here touches Triton, so every phase is unit-tested
+with plain torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +27,20 @@ from .config import (
     parse_parameters,
 )
 from .engine import InferenceEngine
-from .errors import PyTorchBackendError
+from .errors import PyTorchBackendError, Unavailable
 from .executors.base import Executor, LoadContext
 from .executors.registry import REGISTRY, resolve_model
 from .hooks import Hook, Hooks
 from .logs import InstanceLog, Sink
+from .metrics import MetricsHook, Registry
 from .requests import Outcome, RequestInputs
 from .runtime.devices import InstanceStream, activate_device, resolve_instance_device
-from .runtime.execution import CacheCleaningHook, GradPolicyHook, StreamHook
+from .runtime.execution import (
+    CacheCleaningHook,
+    GradPolicyHook,
+    StickyErrorWatch,
+    StreamHook,
+)
 from .runtime.report import EffectiveSettings, effective_lines
 from .runtime.settings import RuntimeSettings, apply_runtime_settings
 
@@ -77,28 +85,55 @@ class Instance:
     engine: InferenceEngine
     log: InstanceLog
     shared_weights: Any | None = None  # runtime.weight_sharing.SharedWeightsInfo
+    metrics: MetricsHook | None = None  # None: ENABLE_METRICS false or no metrics API
+    sticky: StickyErrorWatch | None = None  # CUDA instances only
 
     def infer(self, requests: Sequence[RequestInputs | PyTorchBackendError]) -> list[Outcome]:
+        if self.sticky is not None and self.sticky.error is not None:
+            error = Unavailable(
+                f"a sticky CUDA error ({self.sticky.error}) left this instance's CUDA context "
+                "unusable; restart the server"
+            )
+            requests = [error] * len(requests)
         return self.engine.infer(requests)
 
+    def responded(self, nanoseconds: int) -> None:
+        """The adapter reports how long building the last execute's responses took."""
+        if self.metrics is not None:
+            self.metrics.responded(nanoseconds)
+
     def close(self) -> None:
-        """Release what the instance holds (the shared-weights reference); idempotent."""
+        """Release what the instance holds (shared weights, metric series); idempotent."""
         shared, self.shared_weights = self.shared_weights, None
         if shared is not None:
             shared.release()
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            metrics.close()
 
 
-def build_instance(args: InstanceArgs, sink: Sink | None = None) -> Instance:
-    """Load one instance; a load failure raises a PyTorchBackendError naming the model."""
+def build_instance(
+    args: InstanceArgs, sink: Sink | None = None, metrics: Registry | None = None
+) -> Instance:
+    """Load one instance; a load failure raises a PyTorchBackendError naming the model.
+
+    ``metrics``: where the instance's metrics go (None: the server has no metrics API).
+    """
+    start = time.perf_counter()
     config = parse_model_config(args.model_config)
     log = InstanceLog(config.name, args.instance_name or f"{config.name}_0", sink)
     try:
-        return _build(args, config, log)
+        instance = _build(args, config, log, metrics)
     except PyTorchBackendError as error:
         raise error.for_model(config.name, log.instance) from None
+    if instance.metrics is not None:
+        instance.metrics.loaded(time.perf_counter() - start)
+    return instance
 
 
-def _build(args: InstanceArgs, config: ModelConfig, log: InstanceLog) -> Instance:
+def _build(
+    args: InstanceArgs, config: ModelConfig, log: InstanceLog, registry: Registry | None
+) -> Instance:
     params = _parameters(config, args, log)
     device = resolve_instance_device(args.kind, args.device_id, config.name)
     activate_device(device)
@@ -108,9 +143,18 @@ def _build(args: InstanceArgs, config: ModelConfig, log: InstanceLog) -> Instanc
     log.info(f"model kind: {kind.value} ({resolved.reason})")
     executor = REGISTRY[kind].load(LoadContext(config, path, device, log, params))
     shared, sharing = _share_weights(params, args, kind, path, device, executor, log)
-    engine = InferenceEngine(config, executor, _hooks(params, settings, device, executor), log)
+    sticky = StickyErrorWatch() if _cuda_devices(device, executor) else None
+    metrics, metrics_state = _metrics(registry, config, params, args, log, device, executor)
+    hooks = _hooks(params, settings, device, executor, sticky, metrics)
+    engine = InferenceEngine(config, executor, hooks, log)
     effective = EffectiveSettings(
-        params, settings, device, config.cpu_instance_count, sharing, kind
+        params,
+        settings,
+        device,
+        config.cpu_instance_count,
+        sharing,
+        kind,
+        metrics=metrics_state,
     )
     for line in effective_lines(effective):
         log.info(line)
@@ -118,7 +162,7 @@ def _build(args: InstanceArgs, config: ModelConfig, log: InstanceLog) -> Instanc
     log.info(f"loaded {kind.value} '{path}' on {where}")
     for line in executor.describe_bindings():
         log.info(line)
-    return Instance(config, params, kind, device, executor, engine, log, shared)
+    return Instance(config, params, kind, device, executor, engine, log, shared, metrics, sticky)
 
 
 def _parameters(config: ModelConfig, args: InstanceArgs, log: InstanceLog) -> BackendParameters:
@@ -158,13 +202,46 @@ def _share_weights(
     return None, f"true, no effect: {reason}"
 
 
+def _cuda_devices(device: torch.device | None, executor: Executor) -> tuple[torch.device, ...]:
+    devices = (device,) if device is not None else executor.capabilities.devices
+    return tuple(d for d in devices if d.type == "cuda")
+
+
+def _metrics(
+    registry: Registry | None,
+    config: ModelConfig,
+    params: BackendParameters,
+    args: InstanceArgs,
+    log: InstanceLog,
+    device: torch.device | None,
+    executor: Executor,
+) -> tuple[MetricsHook | None, str]:
+    """``ENABLE_METRICS``, decided here only: the metrics hook and the logged value."""
+    if not params.enable_metrics:
+        return None, "false"
+    if registry is None:
+        return None, "true, no effect: this server has no custom metrics API (MetricFamily)"
+    labels = {"model": log.model, "version": args.version, "model_instance": log.instance or ""}
+    hook = MetricsHook(
+        registry,
+        labels,
+        max_batch_size=config.max_batch_size,
+        counters=executor.capabilities.counters,
+        cuda_devices=_cuda_devices(device, executor),
+    )
+    return hook, "true"
+
+
 def _hooks(
     params: BackendParameters,
     settings: RuntimeSettings,
     device: torch.device | None,
     executor: Executor,
+    sticky: StickyErrorWatch | None = None,
+    metrics: MetricsHook | None = None,
 ) -> Hooks:
-    hooks: list[Hook] = []
+    # The sticky-error watch is outermost: errors surface at the stream's synchronisation too.
+    hooks: list[Hook] = [sticky] if sticky is not None else []
     # KIND_MODEL: one stream per GPU the model's tensors live on (none on CPU).
     stream = InstanceStream(device if device is not None else executor.capabilities.devices)
     if stream.enabled:
@@ -172,4 +249,8 @@ def _hooks(
     hooks.append(GradPolicyHook(params))
     if settings.cache_cleaning:
         hooks.append(CacheCleaningHook())
+    if metrics is not None:  # last: it reads CUDA memory after the cache was cleaned
+        if sticky is not None:
+            metrics.watch_sticky_error(lambda: sticky.error is not None)
+        hooks.append(metrics)
     return Hooks(hooks)

@@ -14,6 +14,7 @@ must be installed where the Python backend stub runs.
 from __future__ import annotations
 
 import locale
+import time
 from pathlib import Path
 
 
@@ -36,7 +37,12 @@ try:
 
     from pytorch_backend import logs
     from pytorch_backend.autocomplete import complete_config
-    from pytorch_backend.errors import PyTorchBackendError, RequestError
+    from pytorch_backend.errors import (
+        PyTorchBackendError,
+        RequestCancelled,
+        RequestError,
+        Unavailable,
+    )
     from pytorch_backend.instance import Instance, InstanceArgs, build_instance
     from pytorch_backend.requests import RequestInputs
     from pytorch_backend.strings import decode_strings, encode_strings
@@ -83,6 +89,36 @@ def _version_dir() -> Path:
         return Path(f.read().split(b"\0")[1].decode()).parent
 
 
+class _TritonMetrics:
+    """``pytorch_backend.metrics.Registry`` on ``pb_utils.MetricFamily`` (one family per name)."""
+
+    def __init__(self, family_type) -> None:
+        self._type = family_type
+        self._families: dict = {}
+
+    @classmethod
+    def create(cls):
+        """The registry, or None on a server without the custom metrics API (before 22.12)."""
+        family_type = getattr(pb_utils, "MetricFamily", None)
+        return cls(family_type) if family_type is not None else None
+
+    def _metric(self, spec, kind, labels):
+        family = self._families.get(spec.name)
+        if family is None:
+            family = self._type(name=spec.name, description=spec.help, kind=kind)
+            self._families[spec.name] = family
+        return family.Metric(labels=dict(labels))
+
+    def counter(self, spec, labels):
+        return self._metric(spec, self._type.COUNTER, labels)
+
+    def gauge(self, spec, labels):
+        return self._metric(spec, self._type.GAUGE, labels)
+
+    def close(self) -> None:
+        self._families.clear()  # after the instance dropped its series, as the API requires
+
+
 class TritonPythonModel:
     """One model instance: load at ``initialize``, serve batches at ``execute``."""
 
@@ -106,12 +142,17 @@ class TritonPythonModel:
         return auto_complete_model_config
 
     def initialize(self, args: dict[str, str]) -> None:
+        self._metrics = _TritonMetrics.create()
         try:
-            self._instance: Instance = build_instance(InstanceArgs.from_triton(args))
+            self._instance: Instance = build_instance(
+                InstanceArgs.from_triton(args), metrics=self._metrics
+            )
         except PyTorchBackendError as error:
             failure = error
         else:
             self._strings = {s.name for s in self._instance.config.inputs if s.is_string}
+            if self._instance.metrics is not None:
+                self._instance.metrics.start()  # flushes to the server from a background thread
             return
         # Raised here, without the frames it came through: the Python backend appends every
         # frame of the traceback ("At: file(line)") to the load error a user reads.
@@ -120,7 +161,10 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         try:
             outcomes = self._instance.infer([self._request_inputs(r) for r in requests])
-            return [self._response(outcome) for outcome in outcomes]
+            start = time.perf_counter_ns()
+            responses = [self._response(outcome) for outcome in outcomes]
+            self._instance.responded(time.perf_counter_ns() - start)
+            return responses
         except Exception as exc:  # never raise out of execute: answer every request
             message = f"internal error: {type(exc).__name__}: {exc}"
             self._instance.log.error(message)
@@ -131,6 +175,8 @@ class TritonPythonModel:
         instance = getattr(self, "_instance", None)
         if instance is not None:
             instance.close()
+        if getattr(self, "_metrics", None) is not None:
+            self._metrics.close()
 
     def _request_inputs(self, request) -> RequestInputs | PyTorchBackendError:
         inputs = {}
@@ -162,6 +208,13 @@ class TritonPythonModel:
     def _error(self, error: PyTorchBackendError):
         """A Triton error whose text names the model once (INVALID_ARG for a bad request)."""
         message = str(error.for_model(self._instance.config.name))
+        code = None
         if isinstance(error, RequestError):
-            return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-        return pb_utils.TritonError(message)
+            code = pb_utils.TritonError.INVALID_ARG
+        elif isinstance(error, RequestCancelled):
+            code = getattr(pb_utils.TritonError, "CANCELLED", None)
+        elif isinstance(error, Unavailable):
+            code = getattr(pb_utils.TritonError, "UNAVAILABLE", None)
+        return (
+            pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+        )

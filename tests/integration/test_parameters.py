@@ -140,6 +140,7 @@ LOGGED_KEYS = (
     "MODULE_FILENAME",
     "MODULE_CLASS",
     "TORCH_COMPILE_OPTIONAL_PARAMETERS",
+    "ENABLE_METRICS",
 )
 
 MANY_THREADS = 3  # INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT of "many"
@@ -349,6 +350,7 @@ def test_defaults_logged_one_line_per_setting(server):
     assert values["ENABLE_WEIGHT_SHARING"] == "false"
     assert values["CUSTOM_OP_LIBRARIES"] == "none"
     assert values["MODEL_FILENAME"] == "not given"
+    assert values["ENABLE_METRICS"] == "true"
 
 
 def test_many_parameters_logged_with_their_effective_values(server, op_library):

@@ -170,6 +170,17 @@ def test_padded_model(padded_exec, batch, features):
     torch.testing.assert_close(out["RESULT"], x * 2 + 1)
 
 
+def test_padding_rows_are_counted_for_metrics(padded_exec):
+    counters = padded_exec.capabilities.counters
+    before = counters.padded_rows
+    padded_exec.run({"ARGS[0]": torch.randn(1, 4)})  # padded to the minimum, 3
+    padded_exec.run({"ARGS[0]": torch.randn(2, 4)})
+    padded_exec.run({"ARGS[0]": torch.randn(5, 4)})  # above the minimum: no padding
+    assert counters.padded_rows - before == (models.PADDED_MIN_BATCH - 1) + (
+        models.PADDED_MIN_BATCH - 2
+    )
+
+
 def test_padded_model_above_exported_max_fails_cleanly(padded_exec):
     with pytest.raises(
         RequestError, match=r"^AOT-Inductor execution failed: .*too large at 0.*<= 16"

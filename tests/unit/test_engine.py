@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -220,7 +222,7 @@ def test_hooks_wrap_each_forward_and_observe_each_execute():
     )
     engine.infer([req(x=torch.ones(1, 2)), req(x=torch.ones(2, 2)), req(x=torch.ones(1, 3))])
     assert events == ["enter", "exit", "after", "observed"]
-    assert stats == [ExecuteStats(requests=3, rejected=1, failed=1, forwards=1, rows=3)]
+    assert [counts(s) for s in stats] == [(3, 1, 1, 1, 3, {"bad_input": 1})]
 
 
 def test_stats_count_the_forwards_of_a_bisected_batch():
@@ -236,7 +238,30 @@ def test_stats_count_the_forwards_of_a_bisected_batch():
     good, bad = torch.ones(1, 2), -torch.ones(1, 2)
     engine.infer([req(x=good), req(x=bad), req(x=good), req(x=good)])
     # 4 together, then halves [good, bad] and [good, good], then [good] and [bad]
-    assert stats == [ExecuteStats(requests=4, rejected=0, failed=1, forwards=5, rows=4)]
+    assert [counts(s) for s in stats] == [(4, 0, 1, 5, 4, {"model_error": 1})]
+
+
+def counts(s: ExecuteStats) -> tuple:
+    return (s.requests, s.rejected, s.failed, s.forwards, s.rows, dict(s.failures))
+
+
+def test_stats_time_the_forward_apart_from_preparing_and_splitting():
+    stats = []
+
+    class Recorder(Hook):
+        def after_execute(self, s):
+            stats.append(s)
+
+    engine, _ = make_engine(ts_models.Scale(), [fp32("x")], [fp32("y")], hooks=Hooks([Recorder()]))
+    run = engine.executor.run
+    engine.executor.run = lambda batch: (time.sleep(0.05), run(batch))[1]
+    engine.infer([req(x=torch.ones(1, 2)), req(x=torch.ones(2, 2))])
+    engine.infer([req(x=torch.ones(1, 3))])  # rejected: no forward, nothing split
+    served, rejected = stats
+    assert served.forward_ns >= 50_000_000
+    assert served.prepare_ns > 0 and served.split_ns > 0
+    assert (served.failures, rejected.failures) == ({}, {"bad_input": 1})
+    assert rejected.prepare_ns > 0 and rejected.forward_ns == rejected.split_ns == 0
 
 
 class _RejectsNines:

@@ -67,6 +67,7 @@ class BackendParameters:
     torch_compile: CompileOptions = CompileOptions()
     module_filename: str | None = None
     module_class: str | None = None
+    enable_metrics: bool = True
 
     @property
     def grad_policy(self) -> GradPolicy:
@@ -284,6 +285,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         "module_class",
         parse_class_name,
         EAGER_ONLY,
+    ),
+    Parameter(
+        "ENABLE_METRICS",
+        "torch-aware Prometheus metrics of this model on Triton's metrics port (see Metrics); "
+        "`false`: none are created",
+        "`true`",
+        "enable_metrics",
+        parse_bool,
     ),
     Parameter(
         "FORCE_CPU_ONLY_INPUT_TENSORS",

@@ -14,6 +14,22 @@ from ..logs import InstanceLog
 from ..requests import Value
 
 
+@dataclass(eq=False)
+class ExecutorCounters:
+    """Running totals an executor keeps about itself, for metrics (the seam for new kinds).
+
+    The executor only adds to them (plain ``+=``, no allocation); the metrics hook reads them
+    after every execute and reports what changed, so an executor needs no metrics code.
+    """
+
+    #: Rows added to reach the artifact's minimum batch (dropped from the outputs again).
+    padded_rows: int = 0
+    #: Graphs compiled while serving, after load (an eager ``torch.compile`` kind).
+    recompilations: int = 0
+    #: Seconds the load-time warm-up took (None: the executor did not warm up).
+    warmup_seconds: float | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class Capabilities:
     """What an executor declares about itself, so that no caller needs to type-check it."""
@@ -26,6 +42,8 @@ class Capabilities:
     warmup_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     #: The batch sizes the artifact accepts (inclusive), where it has a fixed range.
     batch_range: tuple[int, int] | None = None
+    #: What the executor counts about its runs (padding, recompilations, warm-up time).
+    counters: ExecutorCounters = field(default_factory=ExecutorCounters)
 
 
 class Executor(Protocol):

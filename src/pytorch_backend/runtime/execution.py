@@ -1,8 +1,10 @@
-"""The built-in hooks around an execution: grad policy, instance streams, cache cleaning."""
+"""The built-in hooks around an execution: grad policy, instance streams, cache cleaning, and
+the watch for sticky CUDA errors."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 from types import TracebackType
 from typing import Any
 
@@ -84,3 +86,40 @@ class CacheCleaningHook(Hook):
 
     def after_execute(self, stats: ExecuteStats) -> None:
         torch.cuda.empty_cache()
+
+
+#: CUDA errors after which the process's CUDA context is unusable (out of memory is not one).
+STICKY_CUDA_ERROR = re.compile(
+    r"illegal memory access|device-side assert|unspecified launch failure|ECC error"
+    r"|misaligned address|illegal instruction|hardware stack error|cudaErrorLaunchFailure",
+    re.IGNORECASE,
+)
+
+
+class StickyErrorWatch(Hook):
+    """Remembers the first sticky CUDA error a forward (or its stream synchronisation) raised.
+
+    After one, every CUDA call of the process fails, so the instance answers UNAVAILABLE instead
+    of running more forwards (``Instance.infer``) and the metrics report it; the fix is a restart
+    (Kubernetes restarts a pod whose liveness fails, or whose operator sees the metric).
+    """
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+
+    @contextlib.contextmanager
+    def _watch(self) -> Any:
+        try:
+            yield
+        except Exception as exc:
+            text = str(exc)
+            match = STICKY_CUDA_ERROR.search(text)
+            if self.error is None and match:
+                start = text.rfind("\n", 0, match.start()) + 1
+                end = text.find("\n", match.end())
+                line = text[start : end if end >= 0 else len(text)].strip()
+                self.error = f"{type(exc).__name__}: {line}"
+            raise
+
+    def forward_context(self) -> contextlib.AbstractContextManager[None]:
+        return self._watch()

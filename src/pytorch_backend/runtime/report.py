@@ -27,6 +27,7 @@ class EffectiveSettings:
     cpu_instances: int
     weight_sharing: str  # the decision, as logged ("true", "false", "true, no effect: ...")
     kind: ModelKind | None = None  # the model kind served, when known
+    metrics: str = "false"  # the decision, as logged ("true", "false", "true, no effect: ...")
 
 
 def on_off(value: bool | None) -> str:
@@ -159,6 +160,7 @@ DESCRIBERS: Mapping[str, Describer] = {
     "TORCH_COMPILE_OPTIONAL_PARAMETERS": _for_kind(
         "TORCH_COMPILE_OPTIONAL_PARAMETERS", lambda e: e.params.torch_compile.describe()
     ),
+    "ENABLE_METRICS": lambda e: e.metrics,
 }
 
 

@@ -187,6 +187,7 @@ class AotiExecutor:
             pad = self.batch_range[0] - batch if 0 < batch < self.batch_range[0] else 0
             if pad:
                 flat = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in flat]
+                self.capabilities.counters.padded_rows += pad
         try:
             outputs = self._loader.run(flat)
         except Exception as e:  # noqa: BLE001 - the runner raises RuntimeError and others
