@@ -142,7 +142,9 @@ def _build(
     kind, path = resolved.kind, resolved.path
     log.info(f"model kind: {kind.value} ({resolved.reason})")
     executor = REGISTRY[kind].load(LoadContext(config, path, device, log, params))
-    shared, sharing = _share_weights(params, args, kind, path, device, executor, log)
+    shared, sharing = _share_weights(
+        params, args, kind, path, device, executor, log, config.cpu_instance_count
+    )
     sticky = StickyErrorWatch() if _cuda_devices(device, executor) else None
     metrics, metrics_state = _metrics(registry, config, params, args, log, device, executor)
     hooks = _hooks(params, settings, device, executor, sticky, metrics)
@@ -180,8 +182,13 @@ def _share_weights(
     device: torch.device | None,
     executor: Executor,
     log: InstanceLog,
+    cpu_instances: int,
 ) -> tuple[Any | None, str]:
-    """``ENABLE_WEIGHT_SHARING``, decided here only: the shared weights and the logged value."""
+    """``ENABLE_WEIGHT_SHARING``, decided here only: the shared weights and the logged value.
+
+    The instance that brings the count of mappers to ``cpu_instances`` unlinks the file, so it
+    cannot outlive the server however the instances stop.
+    """
     if not params.enable_weight_sharing:
         return None, "false"
     module = executor.capabilities.shareable_module
@@ -198,7 +205,10 @@ def _share_weights(
         from .runtime.weight_sharing import share_module_weights, weights_key
 
         key = weights_key(log.model, args.version, path)
-        return share_module_weights(module, key, log=log.info, warn=log.warn), "true"
+        shared = share_module_weights(
+            module, key, log=log.info, warn=log.warn, instances=cpu_instances or None
+        )
+        return shared, "true"
     return None, f"true, no effect: {reason}"
 
 

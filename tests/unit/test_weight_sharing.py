@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -225,14 +227,17 @@ def private_kib():
     return fields["Private_Clean"] + fields["Private_Dirty"]
 
 path, share, directory, ending = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4]
+instances = int(sys.argv[5]) if len(sys.argv) > 5 else None
 baseline = private_kib()
 module = torch.jit.load(path)
 info = None
 if share:
-    info = share_module_weights(module, "big|1|" + path, lambda _: None, Path(directory))
+    info = share_module_weights(
+        module, "big|1|" + path, lambda _: None, Path(directory), instances=instances
+    )
 out = module(torch.ones(2, 1024)).sum().item()
 print(json.dumps({"baseline_kib": baseline, "created": bool(info and info.created),
-                  "out": out}), flush=True)
+                  "unlinked": bool(info and info.unlinked), "out": out}), flush=True)
 if ending == "wait":
     sys.stdin.readline()
     if info is not None:
@@ -242,16 +247,21 @@ elif ending == "crash":
 """
 
 
-def start_child(tmp_path: Path, model: Path, share: bool, directory: Path, ending: str) -> Any:
+def start_child(
+    tmp_path: Path,
+    model: Path,
+    share: bool,
+    directory: Path,
+    ending: str,
+    instances: int | None = None,
+) -> Any:
     script = tmp_path / "child.py"
     if not script.exists():
         script.write_text(CHILD)
-    return subprocess.Popen(
-        [sys.executable, str(script), str(model), "1" if share else "0", str(directory), ending],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    argv = [sys.executable, str(script), str(model), "1" if share else "0", str(directory), ending]
+    if instances is not None:
+        argv.append(str(instances))
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
 def rollup(pid: int) -> dict[str, int]:
@@ -387,3 +397,188 @@ def test_concurrent_creation_yields_one_writer(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert files(shm) == []
     assert not os.listdir(shm)
+
+
+# --- the file is unlinked once every instance mapped it; nothing ever blocks ---------------------
+
+
+def test_file_unlinked_once_every_instance_mapped(tmp_path: Path) -> None:
+    path = scripted_file(tmp_path, Mixed())
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    x = torch.randn(4, 5)
+    modules = [torch.jit.load(str(path)) for _ in range(4)]
+    expected = modules[0](x)
+    key = weights_key("m", 1, path)
+    lines, log = logs()
+    infos = [share_module_weights(m, key, log, shm, instances=3) for m in modules[:2]]
+    assert infos[0].created and not infos[1].created
+    assert not any(info.unlinked for info in infos)
+    assert infos[0].path is not None and infos[0].path.exists()
+    assert len(files(shm)) == 2  # weights + lock, until the third instance maps them
+
+    infos.append(share_module_weights(modules[2], key, log, shm, instances=3))
+    assert infos[2].unlinked and not infos[2].created
+    assert files(shm) == []  # every instance mapped it: gone from the directory ...
+    assert any("mapped by all of 3 instances: unlinked" in x for x in lines)
+    for module in modules[:3]:  # ... while the mappings keep serving
+        weight = module.a.weight
+        assert weight.untyped_storage().nbytes() > weight.nbytes  # a view of the whole mapping
+        assert torch.equal(module(x), expected)
+
+    # A later instance (a restarted stub) finds no file, writes a new one and cleans it up.
+    late = share_module_weights(modules[3], key, log, shm, instances=3)
+    assert late.created and not late.unlinked and len(files(shm)) == 2
+    assert torch.equal(modules[3](x), expected)
+    assert [info.release() for info in infos] == [False, False, False]  # already unlinked
+    assert len(files(shm)) == 2  # the late instance's file is not theirs to delete
+    assert late.release() is True
+    assert files(shm) == []
+    assert torch.equal(modules[0](x), expected)
+
+
+def test_single_instance_unlinks_at_once(tmp_path: Path) -> None:
+    module = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    expected = module(x)
+    info = share_module_weights(module, "one|1", lambda _: None, tmp_path, instances=1)
+    assert info.created and info.unlinked and info.tensors == 2
+    assert files(tmp_path) == []
+    assert torch.equal(module(x), expected)
+    assert info.release() is False
+    assert files(tmp_path) == []
+
+
+def test_sigkilled_holder_leaves_nothing_once_others_mapped(tmp_path: Path) -> None:
+    model = scripted_file(tmp_path, torch.nn.Sequential(torch.nn.Linear(1024, 64)))
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    first = start_child(tmp_path, model, True, shm, "wait", instances=2)
+    second = None
+    try:
+        report = json.loads(first.stdout.readline())
+        assert report["created"] and not report["unlinked"]
+        assert len(files(shm)) == 2
+        second = start_child(tmp_path, model, True, shm, "wait", instances=2)
+        report2 = json.loads(second.stdout.readline())
+        assert not report2["created"] and report2["unlinked"]
+        assert report2["out"] == report["out"]
+        assert files(shm) == []
+        first.kill()  # SIGKILL: no finalize, no atexit
+        assert first.wait(timeout=60) == -signal.SIGKILL
+        assert files(shm) == []
+        second.communicate("\n", timeout=60)
+        assert second.returncode == 0
+        assert files(shm) == []
+    finally:
+        for child in (first, second):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait(timeout=60)
+
+
+def test_holders_killed_before_all_mapped_are_swept_at_the_next_load(tmp_path: Path) -> None:
+    model = scripted_file(tmp_path, torch.nn.Sequential(torch.nn.Linear(1024, 64)))
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    child = start_child(tmp_path, model, True, shm, "wait", instances=2)
+    try:
+        assert json.loads(child.stdout.readline())["created"]
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    stale = files(shm)
+    assert len(stale) == 2  # killed before the second instance mapped it: nobody holds it now
+
+    # The next load of the same model (a restarted instance) sweeps it and starts over.
+    module = torch.jit.load(str(model))
+    lines, log = logs()
+    info = share_module_weights(module, "big|1|" + str(model), log, shm, instances=2)
+    assert any("removed unused shared weights file" in x for x in lines)
+    assert info.created and not info.unlinked
+    assert len(files(shm)) == 2
+    assert info.release() is True
+    assert files(shm) == []
+
+
+LOCKER = r"""
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def hold_lock(path: Path) -> Any:
+    """A process that holds an exclusive flock on ``path`` until its stdin gets a line."""
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert locker.stdout.readline().strip() == "locked"
+    return locker
+
+
+def finishes(function: Any, deadline: float = 60.0) -> Any:
+    """Run ``function`` in a thread; fail (instead of hanging) if it does not return in time."""
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(function()), daemon=True)
+    thread.start()
+    thread.join(deadline)
+    assert not thread.is_alive(), f"{function} still blocked after {deadline:g} s"
+    return result[0]
+
+
+def test_release_never_blocks_when_another_process_holds_the_lock(tmp_path: Path) -> None:
+    module = torch.nn.Linear(8, 8)
+    info = share_module_weights(module, "held|1", lambda _: None, tmp_path, instances=2)
+    assert info.path is not None and not info.unlinked
+    lock_path = info.path.with_suffix(".lock")
+    locker = hold_lock(lock_path)
+    try:
+        # release: gives up on the lock after its bound, but still drops its reference
+        assert finishes(lambda: info.release(timeout=0.2)) is False
+        assert weight_sharing._unused(info.path)
+        assert finishes(lambda: info.release(timeout=0.2)) is False  # idempotent
+        # the interpreter-exit path is bounded too
+        other = share_module_weights(
+            torch.nn.Linear(8, 8), "held-too|1", lambda _: None, tmp_path, instances=2
+        )
+        other_lock = hold_lock(other.path.with_suffix(".lock"))
+        try:
+            finishes(weight_sharing._release_all)
+            assert not weight_sharing._HOLDERS
+        finally:
+            other_lock.communicate("\n", timeout=60)
+        # a load waits for the lock only up to lock_timeout, then keeps its weights private
+        warnings: list[str] = []
+        blocked = torch.nn.Linear(8, 8)
+        late = finishes(
+            lambda: share_module_weights(
+                blocked, "held|1", lambda _: None, tmp_path, warn=warnings.append, lock_timeout=0.2
+            )
+        )
+        assert late.path is None and late.tensors == 0
+        assert any("stayed locked" in x for x in warnings)
+    finally:
+        locker.communicate("\n", timeout=60)
+    # The late load's sweep already removed the "held-too" leftover (its lock was free again);
+    # now that nobody holds the other one either, the next sweep removes it.
+    assert sweep(tmp_path, lambda _: None) == 1
+    assert files(tmp_path) == []
+
+
+def test_release_does_not_wait_for_a_busy_holder(tmp_path: Path) -> None:
+    info = share_module_weights(torch.nn.Linear(4, 4), "busy|1", lambda _: None, tmp_path)
+    holder = info._holder
+    assert holder is not None
+    assert holder._mutex.acquire()  # as if another thread of this process were releasing it
+    try:
+        assert finishes(lambda: info.release(timeout=0.2)) is False
+    finally:
+        holder._mutex.release()
+    assert info.release() is True
+    assert files(tmp_path) == []

@@ -9,16 +9,26 @@ instead of holding N private copies; the private copy each instance loaded is fr
 
 Protocol (``L`` = ``<name>.lock``, ``D`` = ``<name>.weights``, one pair per key):
 
-* everything that creates, checks or deletes ``D`` happens under an exclusive ``flock`` on ``L``;
+* everything that creates, checks, counts or deletes ``D`` happens under an exclusive ``flock``
+  on ``L``. That lock is only ever waited for with a bound (:func:`_lock` polls): a load that
+  cannot get it in ``lock_timeout`` seconds keeps its weights private, and a release that cannot
+  get it quickly just drops its reference. Nothing calls out (logs) while holding it;
 * the first instance writes ``D`` (to a temporary name, then ``rename``), so ``D`` is always
   complete; later instances reuse it only after checking its layout **and every byte** against
   their own freshly loaded weights (a stale or foreign file is replaced, never trusted);
-* each live instance holds a shared ``flock`` on ``D`` (the reference count; the kernel drops it
-  if the process dies);
+* each instance that maps ``D`` holds a shared ``flock`` on it (the reference: the kernel drops
+  it when the process dies, however it dies) and adds one to the mapping count kept in ``L``.
+  The instance that brings the count to ``instances`` (the model's number of CPU instances)
+  **unlinks** ``D`` and ``L``: from then on nothing of the model is left in the directory, even if
+  a stub is SIGKILLed later, while every instance keeps its mapping (a mapping keeps the pages of
+  an unlinked file alive). An instance that comes later (a restarted stub, the next load) finds
+  no file and writes a new one, which it cleans up in turn;
 * :meth:`SharedWeightsInfo.release` (call it from ``finalize``; it also runs at interpreter exit)
-  drops the reference and deletes ``D`` and ``L`` when no other instance holds ``D``. Files left
-  by crashed processes are removed the next time any instance creates a weights file in that
-  directory. Deleting ``D`` never disturbs a running instance: its mapping keeps the pages alive.
+  drops the reference and deletes ``D`` and ``L`` when no other instance holds ``D`` (the case of
+  a model whose instances did not all map it). It never blocks without a bound;
+* every load first sweeps the directory: weights files that no live process holds (their holders
+  all died, e.g. SIGKILLed before the count was reached) are deleted, its own key's included, as
+  are lock files without a weights file and temporary files of dead writers.
 
 Instances map ``D`` copy-on-write (``MAP_PRIVATE``): a model that writes into its own buffers
 (a stateful model, which upstream warns against sharing) only un-shares the pages it writes and
@@ -33,18 +43,14 @@ attributes any more). The key must identify the artifact (see :func:`weights_key
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import ctypes
 import ctypes.util
-import fcntl
 import gc
 import hashlib
 import json
 import os
 import re
 import struct
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,12 +59,27 @@ from typing import Any
 import torch
 
 from .devices import module_tensors
+from .shm_files import (  # noqa: F401 - _HOLDERS, _release_all, _unused: used by tests
+    _HOLDERS,
+    PREFIX,
+    RELEASE_TIMEOUT,
+    _count_mapping,
+    _Holder,
+    _lock,
+    _mapped_by_all,
+    _release_all,
+    _remove,
+    _same_file,
+    _share_lock,
+    _unused,
+    sweep,
+)
 
 MAGIC = b"PTBKWSH1"
 _HEADER = struct.Struct("<8sQ")
 _ALIGN = 64  # >= the itemsize of every dtype, and cache-line aligned
 _DATA_ALIGN = 4096
-PREFIX = "pytorch_backend_w_"
+LOCK_TIMEOUT = 120.0  # default bound on waiting for ``L`` at load (another instance may be writing)
 
 
 def _align(value: int, alignment: int) -> int:
@@ -163,131 +184,6 @@ def _bytes_of(storage: torch.UntypedStorage) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(storage)
 
 
-def _lock(path: Path, *, blocking: bool = True) -> int | None:
-    """Exclusive flock on ``path`` (created if missing); None if busy and not blocking."""
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            current = None
-        opened = os.fstat(fd)
-        if current is not None and (current.st_ino, current.st_dev) == (
-            opened.st_ino,
-            opened.st_dev,
-        ):
-            return fd
-        os.close(fd)  # the lock file was deleted and recreated meanwhile: lock the new one
-        if not blocking:
-            return None
-
-
-def _unused(path: Path) -> bool:
-    """True when no process holds a shared lock on the weights file ``path`` (or it is gone)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep(directory: Path, log: Callable[[str], None], keep: Path | None = None) -> int:
-    """Delete weights files of this backend in ``directory`` that no live process holds."""
-    removed = 0
-    for lock_path in directory.glob(f"{PREFIX}*.lock"):
-        if keep is not None and lock_path == keep:
-            continue
-        fd = _lock(lock_path, blocking=False)
-        if fd is None:
-            continue
-        try:
-            data_path = lock_path.with_suffix(".weights")
-            if _unused(data_path):
-                existed = data_path.exists()
-                _remove(data_path)
-                _remove(lock_path)
-                removed += int(existed)
-                if existed:
-                    log(f"removed unused shared weights file {data_path}")
-        finally:
-            os.close(fd)
-    for tmp in directory.glob(f"{PREFIX}*.weights.tmp.*"):
-        pid = tmp.name.rsplit(".", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            _remove(tmp)
-    return removed
-
-
-class _Holder:
-    """One instance's reference to a weights file: a shared flock on its open descriptor."""
-
-    def __init__(self, data_path: Path, lock_path: Path, fd: int) -> None:
-        self.data_path = data_path
-        self.lock_path = lock_path
-        self.fd: int | None = fd
-        self._mutex = threading.Lock()
-        _HOLDERS.add(self)
-
-    def release(self) -> bool:
-        """Drop the reference; delete the files if no other instance holds them."""
-        with self._mutex:
-            if self.fd is None:
-                return False
-            lock_fd = _lock(self.lock_path)
-            try:
-                os.close(self.fd)  # drops this instance's shared lock
-                self.fd = None
-                deleted = False
-                if _unused(self.data_path):
-                    deleted = self.data_path.exists()
-                    _remove(self.data_path)
-                    _remove(self.lock_path)
-                return deleted
-            finally:
-                if lock_fd is not None:
-                    os.close(lock_fd)
-                _HOLDERS.discard(self)
-
-
-_HOLDERS: set[_Holder] = set()  # strong: a holder lives as long as its mapping may be in use
-
-
-@atexit.register
-def _release_all() -> None:
-    for holder in list(_HOLDERS):
-        with contextlib.suppress(OSError):
-            holder.release()
-
-
 @dataclass(frozen=True)
 class SharedWeightsInfo:
     """Result of :func:`share_module_weights`. ``path`` is None when nothing was shared."""
@@ -298,13 +194,15 @@ class SharedWeightsInfo:
     tensors: int = 0  # tensors now backed by the shared file
     skipped: int = 0  # tensors left private (see the module docstring)
     _holder: _Holder | None = field(default=None, repr=False, compare=False)
+    unlinked: bool = False  # this instance completed the mapping count and unlinked the file
 
-    def release(self) -> bool:
-        """Drop this instance's reference (call from ``finalize``); idempotent.
+    def release(self, timeout: float = RELEASE_TIMEOUT) -> bool:
+        """Drop this instance's reference (call from ``finalize``); idempotent, never hangs.
 
-        Returns True when this was the last instance and the file was deleted.
+        Returns True when this was the last holder and it deleted the file (False when the file
+        was already unlinked because every instance had mapped it).
         """
-        return self._holder.release() if self._holder is not None else False
+        return self._holder.release(timeout) if self._holder is not None else False
 
 
 def _write(path: Path, plan: _Plan, manifest: bytes) -> int:
@@ -381,15 +279,20 @@ def share_module_weights(
     log: Callable[[str], None],
     directory: Path = Path("/dev/shm"),
     *,
+    instances: int | None = None,
     warn: Callable[[str], None] | None = None,
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> SharedWeightsInfo:
     """Back the CPU tensors of ``module`` (nn.Module or ScriptModule) by a file shared by key.
 
     Works in place: the module object stays the same and its forward gives identical results.
     Every instance of one model version (same ``key``, e.g. from :func:`weights_key`) calls this
-    right after loading, and :meth:`SharedWeightsInfo.release` from ``finalize``. If the file
-    cannot be written (e.g. ``/dev/shm`` is full) the weights stay private and ``warn`` (default
-    ``log``) says why; the load does not fail.
+    right after loading, and :meth:`SharedWeightsInfo.release` from ``finalize``. ``instances``
+    is how many instances will map the file (the model's KIND_CPU instance count): the one that
+    maps it last unlinks it, so nothing is left behind however the instances end. ``None`` keeps
+    the file until the last :meth:`~SharedWeightsInfo.release`. If the file cannot be written
+    (e.g. ``/dev/shm`` is full) or its lock not had within ``lock_timeout`` seconds, the weights
+    stay private and ``warn`` (default ``log``) says why; the load does not fail.
     """
     warn = warn or log
     plan = _plan(module)
@@ -400,22 +303,36 @@ def share_module_weights(
     if not plan.entries:
         log("weight sharing: the module has no CPU tensors to share")
         return SharedWeightsInfo(None, 0, False, 0, skipped)
+    if instances is not None and instances < 1:
+        instances = None
 
     directory = Path(directory)
     stem = file_stem(key)
     data_path = directory / f"{stem}.weights"
     lock_path = directory / f"{stem}.lock"
+    if not directory.is_dir():
+        warn(f"weight sharing disabled: {directory} is not a directory")
+        return SharedWeightsInfo(None, 0, False, 0, skipped)
+    # Before taking our lock (sweep never waits). Our own key too: a weights file nobody holds
+    # any more is rewritten rather than reused, so the mapping count restarts with it.
+    sweep(directory, log)
     manifest = plan.manifest(key)
-    created = False
+    created = unlinked = False
+    notes: list[str] = []  # logged once the lock is released: never call out while holding it
     try:
-        lock_fd = _lock(lock_path) if directory.is_dir() else None
+        lock_fd = _lock(lock_path, lock_timeout)
     except OSError as exc:
         warn(f"weight sharing disabled: cannot lock {lock_path}: {exc}")
         return SharedWeightsInfo(None, 0, False, 0, skipped)
     if lock_fd is None:
-        warn(f"weight sharing disabled: {directory} is not a directory")
+        warn(
+            f"weight sharing disabled: {lock_path} stayed locked for "
+            f"{lock_timeout:g} s; this instance keeps its own weights"
+        )
         return SharedWeightsInfo(None, 0, False, 0, skipped)
     data_fd: int | None = None
+    failure: str | None = None
+    holder: _Holder | None = None
     try:
         mapped: torch.Tensor | None = None
         data_start = 0
@@ -423,8 +340,11 @@ def share_module_weights(
             data_fd = os.open(data_path, os.O_RDONLY)
         except FileNotFoundError:
             data_fd = None
-        if data_fd is not None:
-            fcntl.flock(data_fd, fcntl.LOCK_SH)
+        if data_fd is not None and not _share_lock(data_fd, lock_timeout):
+            failure = f"{data_path} stayed locked for {lock_timeout:g} s"
+            os.close(data_fd)
+            data_fd = None
+        elif data_fd is not None:
             header = _read_header(data_fd)
             size = os.fstat(data_fd).st_size
             if header is not None and header[0] == manifest and size >= header[1] + plan.total:
@@ -433,37 +353,53 @@ def share_module_weights(
                 if not _matches(mapped, data_start, plan):
                     mapped = None
             if mapped is None:
-                log(f"replacing stale shared weights file {data_path}")
+                notes.append(f"replacing stale shared weights file {data_path}")
                 os.close(data_fd)
                 data_fd = None
-        if mapped is None:
-            sweep(directory, log, keep=lock_path)
+        if mapped is None and failure is None:
             try:
                 data_start = _write(data_path, plan, manifest)
             except OSError as exc:  # e.g. ENOSPC: /dev/shm is full
-                warn(f"weight sharing disabled: cannot write {data_path}: {exc}")
-                return SharedWeightsInfo(None, 0, False, 0, skipped)
-            created = True
-            data_fd = os.open(data_path, os.O_RDONLY)
-            fcntl.flock(data_fd, fcntl.LOCK_SH)
-            mapped = _map(data_path, os.fstat(data_fd).st_size)
-        _repoint(plan, mapped, data_start)
-        holder = _Holder(data_path, lock_path, data_fd)
-        data_fd = None
+                failure = f"cannot write {data_path}: {exc}"
+            else:
+                created = True
+                data_fd = os.open(data_path, os.O_RDONLY)
+                if not _share_lock(data_fd, lock_timeout):  # only _unused, under L, takes LOCK_EX
+                    failure = f"{data_path} stayed locked for {lock_timeout:g} s"
+                    _remove(data_path)  # ours, unmapped, and we still hold L
+                else:
+                    mapped = _map(data_path, os.fstat(data_fd).st_size)
+        if failure is None:
+            assert mapped is not None and data_fd is not None
+            _repoint(plan, mapped, data_start)
+            holder = _Holder(data_path, lock_path, data_fd)
+            data_fd = None
+            if instances is not None and _mapped_by_all(lock_fd, data_path, instances):
+                # Every instance has mapped it: unlink now, nothing can outlive the instances.
+                _remove(data_path)
+                _remove(lock_path)
+                unlinked = True
     finally:
         if data_fd is not None:
             os.close(data_fd)
         os.close(lock_fd)
+    for note in notes:
+        log(note)
+    if failure is not None:
+        warn(f"weight sharing disabled: {failure}")
+        return SharedWeightsInfo(None, 0, False, 0, skipped)
 
     tensors, nbytes = len(plan.entries), plan.total
     plan = _Plan()  # drop the last references to the private storages
     gc.collect()
     _malloc_trim()
+    count = f" of {instances}" if instances is not None else ""
     log(
         f"weight sharing: {tensors} tensor(s), {_mib(nbytes)} "
         f"{'written to' if created else 'mapped from'} {data_path}"
+        + (f" (mapped by all{count} instances: unlinked)" if unlinked else "")
     )
-    return SharedWeightsInfo(data_path, nbytes, created, tensors, skipped, holder)
+    return SharedWeightsInfo(data_path, nbytes, created, tensors, skipped, holder, unlinked)
 
 
 def _mib(nbytes: int) -> str:
