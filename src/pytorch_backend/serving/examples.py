@@ -49,18 +49,17 @@ The NumPy oracle of these outputs lives with the tests (``tests/oracles.py``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import locale
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from .package_pt2 import utf8_ctype
 
 __all__ = [
     "AOTI_MODELS",
@@ -215,23 +214,6 @@ def _save_torchscript(module: torch.nn.Module) -> Callable[[Path], None]:
     return lambda path: scripted.save(str(path))
 
 
-@contextlib.contextmanager
-def _utf8_ctype() -> Iterator[None]:
-    """torch._inductor reads and writes files with the locale encoding: make sure it is UTF-8."""
-    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
-        yield
-        return
-    previous = locale.setlocale(locale.LC_CTYPE)
-    for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
-        with contextlib.suppress(locale.Error):
-            locale.setlocale(locale.LC_CTYPE, name)
-            break
-    try:
-        yield
-    finally:
-        locale.setlocale(locale.LC_CTYPE, previous)
-
-
 def _aoti_example_inputs(batch: int) -> tuple[tuple[object, ...], dict[str, Tensor]]:
     gen = torch.Generator().manual_seed(0)
 
@@ -260,7 +242,7 @@ def _export_nested() -> torch.export.ExportedProgram:
 def _compile_aoti(path: Path) -> None:
     """Package :func:`_export_nested` (for CPU) at ``path``, which must end in ``.pt2``."""
     program = _export_nested()
-    with torch.no_grad(), _utf8_ctype():
+    with torch.no_grad(), utf8_ctype():
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 

@@ -15,6 +15,7 @@ be a subset. This module is pure (no ``torch._inductor``): it only needs ``torch
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -212,3 +213,13 @@ def _accepted(kind: str, leaves: Sequence[Leaf]) -> str:
 def load_error(config: ModelConfig, error: CallSpecError) -> ModelLoadError:
     """Wrap a call-spec error so that it names the model."""
     return config.error(f"unsupported AOT-Inductor call spec: {error}")
+
+
+def describe_bindings(spec: CallSpec, bindings: Bindings) -> list[str]:
+    """Log lines saying which call-spec leaf each config input and output is bound to."""
+    inputs = {name: spec.inputs[i].describe() for i, name in enumerate(bindings.inputs)}
+    outputs = {name: spec.outputs[i].describe() for name, i in bindings.outputs.items()}
+    return [
+        f"inputs bound to call-spec leaves: {json.dumps(inputs)}",
+        f"outputs bound to call-spec leaves: {json.dumps(outputs)}",
+    ]

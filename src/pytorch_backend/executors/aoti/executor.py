@@ -36,7 +36,14 @@ from ...errors import ExecutionError, RequestError
 from ...logs import InstanceLog
 from .. import artifacts
 from ..base import Capabilities, LoadContext
-from .callspec import CallSpec, CallSpecError, load_error, parse_call_spec, resolve_bindings
+from .callspec import (
+    CallSpec,
+    CallSpecError,
+    describe_bindings,
+    load_error,
+    parse_call_spec,
+    resolve_bindings,
+)
 from .probe import CHECK_RE, PackageProbe, parse_check
 
 _CHECK_ENV = "AOTI_RUNTIME_CHECK_INPUTS"
@@ -206,13 +213,7 @@ class AotiExecutor:
         return result
 
     def describe_bindings(self) -> list[str]:
-        leaves_in, leaves_out = self.call_spec.inputs, self.call_spec.outputs
-        inputs = {name: leaves_in[i].describe() for i, name in enumerate(self.bindings.inputs)}
-        outputs = {name: leaves_out[i].describe() for name, i in self.bindings.outputs.items()}
-        return [
-            f"inputs bound to call-spec leaves: {json.dumps(inputs)}",
-            f"outputs bound to call-spec leaves: {json.dumps(outputs)}",
-        ]
+        return describe_bindings(self.call_spec, self.bindings)
 
     # -- loading -----------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ then ``.module()``, compiled and warmed up unless ``TORCH_COMPILE_OPTIONAL_PARAM
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,13 @@ from ...config.dtypes import TRITON_TO_TORCH, triton_name
 from ...errors import ExecutionError
 from ...requests import Value
 from .. import artifacts
-from ..aoti.callspec import CallSpec, CallSpecError, parse_call_spec, resolve_bindings
+from ..aoti.callspec import (
+    CallSpec,
+    CallSpecError,
+    describe_bindings,
+    parse_call_spec,
+    resolve_bindings,
+)
 from ..base import Capabilities, LoadContext
 from .compiled import CompileWatch, compile_module, warm_up
 
@@ -196,12 +201,8 @@ class ExportedProgramExecutor:
         return result
 
     def describe_bindings(self) -> list[str]:
-        leaves_in, leaves_out = self.call_spec.inputs, self.call_spec.outputs
-        inputs = {name: leaves_in[i].describe() for i, name in enumerate(self.bindings.inputs)}
-        outputs = {name: leaves_out[i].describe() for name, i in self.bindings.outputs.items()}
         return [
-            f"inputs bound to call-spec leaves: {json.dumps(inputs)}",
-            f"outputs bound to call-spec leaves: {json.dumps(outputs)}",
+            *describe_bindings(self.call_spec, self.bindings),
             f"batch range from range_constraints: {self.batch_range}",
             f"forward runs {'compiled' if self.compiled else 'eagerly'}",
         ]
