@@ -291,3 +291,12 @@ def test_compile_options_logged_and_warm_up_counts_graphs(tmp_path):
     )
     assert "torch.compile warm-up over batch sizes [1, 2, 4]" in text
     assert "recompiled while serving" not in text
+    counters = instance.executor.capabilities.counters
+    assert counters.warmup_seconds is not None and counters.warmup_seconds > 0
+    assert counters.recompilations == 0
+    # A forward that compiled one new graph after load is counted as a recompilation.
+    watch = instance.executor.watch
+    watch.seen -= 1  # as if the last forward had compiled one
+    watch.check({"x": torch.ones(1, 2)})
+    assert counters.recompilations == 1
+    assert "recompiled while serving: 1 new graph(s)" in "\n".join(lines)

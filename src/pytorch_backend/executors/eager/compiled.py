@@ -22,6 +22,7 @@ from ...config.dtypes import TRITON_TO_TORCH
 from ...logs import InstanceLog
 from ...requests import Value
 from ...runtime.execution import execution_context
+from ..base import ExecutorCounters
 
 _VARIABLE_DIM = 2  # the size a -1 config dimension gets in the warm-up
 
@@ -56,8 +57,9 @@ def compile_errors() -> tuple[type[BaseException], ...]:
 class CompileWatch:
     """Counts the graphs torch.compile has compiled in this process (one stub = one instance)."""
 
-    def __init__(self, log: InstanceLog) -> None:
+    def __init__(self, log: InstanceLog, counters: ExecutorCounters | None = None) -> None:
         self.log = log
+        self.counters = counters  # recompilations are added here, for metrics
         self.at_load = self.graphs()
         self.seen = self.at_load
 
@@ -79,6 +81,8 @@ class CompileWatch:
                 f"torch.compile recompiled while serving: {now - self.seen} new graph(s) for "
                 f"inputs {shapes}; recompilations since load = {now - self.at_load}"
             )
+            if self.counters is not None:
+                self.counters.recompilations += now - self.seen
             self.seen = now
 
 
@@ -110,8 +114,9 @@ def warm_up(
     run: Callable[[Mapping[str, Value]], object],
     device: torch.device,
     log: InstanceLog,
-) -> None:
-    """Run ``run`` over :func:`warmup_batches` and log the graphs compiled and the time taken.
+) -> float:
+    """Run ``run`` over :func:`warmup_batches`, log the graphs compiled and the time taken, and
+    return the seconds it took.
 
     A failure of torch.compile fails the load; the model's own code raising on zeros is logged
     and the warm-up stops (the model may legitimately reject all-zero data).
@@ -142,3 +147,4 @@ def warm_up(
         f"torch.compile warm-up over batch sizes [{sizes}]: "
         f"{CompileWatch.graphs() - before} graph(s) compiled in {seconds:.1f} s"
     )
+    return seconds

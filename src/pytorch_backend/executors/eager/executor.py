@@ -133,6 +133,10 @@ def load(context: LoadContext) -> EagerExecutor:
         return executor
     context.log.info(f"torch.compile: options in effect {options.describe()}")
     executor.use_compiled(compile_module(context.config, module, options))
-    warm_up(context.config, context.params, executor.run, input_device, context.log)
-    executor.watch = CompileWatch(context.log)  # from now on, a new graph is a recompilation
+    counters = executor.capabilities.counters
+    counters.warmup_seconds = warm_up(
+        context.config, context.params, executor.run, input_device, context.log
+    )
+    # from now on, a new graph is a recompilation
+    executor.watch = CompileWatch(context.log, counters)
     return executor

@@ -230,6 +230,9 @@ def load(context: LoadContext) -> ExportedProgramExecutor:
         return executor
     context.log.info(f"torch.compile: options in effect {options.describe()}")
     executor.use_compiled(compile_module(config, executor.module, options))
-    warm_up(config, context.params, executor.run, executor.input_device, context.log)
-    executor.watch = CompileWatch(context.log)
+    counters = executor.capabilities.counters
+    counters.warmup_seconds = warm_up(
+        config, context.params, executor.run, executor.input_device, context.log
+    )
+    executor.watch = CompileWatch(context.log, counters)
     return executor
