@@ -1,4 +1,4 @@
-"""The ``/dev/shm`` file protocol behind weight sharing: locks, holders, counts and the sweep.
+"""The ``/dev/shm`` file protocol behind weight sharing: names, locks, holders, counts, sweep.
 
 See :mod:`.weight_sharing` for the protocol as a whole. Every wait here is bounded, so neither
 a load nor a release (``finalize``, interpreter exit) can hang on another process.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +20,20 @@ from pathlib import Path
 PREFIX = "pytorch_backend_w_"
 RELEASE_TIMEOUT = 5.0  # bound on waiting for ``L`` (and the holder's mutex) in release
 _ATEXIT_TIMEOUT = 1.0
+
+
+def weights_key(model_name: str, version: str | int, artifact: str | os.PathLike[str]) -> str:
+    """A key naming one artifact: model, version, resolved path, mtime and size."""
+    path = Path(artifact).resolve()
+    stat = path.stat()
+    return f"{model_name}|{version}|{path}|{stat.st_mtime_ns}|{stat.st_size}"
+
+
+def file_stem(key: str) -> str:
+    """File name stem for ``key``: readable model-name part plus a hash of key and user id."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", key.split("|", 1)[0])[:40]
+    digest = hashlib.sha256(f"{os.getuid()}|{key}".encode()).hexdigest()[:24]
+    return f"{PREFIX}{readable}_{digest}"
 
 
 def _lock(path: Path, timeout: float = 0.0) -> int | None:

@@ -46,10 +46,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import hashlib
 import json
 import os
-import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +70,9 @@ from .shm_files import (  # noqa: F401 - _HOLDERS, _release_all, _unused: used b
     _same_file,
     _share_lock,
     _unused,
+    file_stem,
     sweep,
+    weights_key,
 )
 
 MAGIC = b"PTBKWSH1"
@@ -84,20 +84,6 @@ LOCK_TIMEOUT = 120.0  # default bound on waiting for ``L`` at load (another inst
 
 def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
-
-
-def weights_key(model_name: str, version: str | int, artifact: str | os.PathLike[str]) -> str:
-    """A key naming one artifact: model, version, resolved path, mtime and size."""
-    path = Path(artifact).resolve()
-    stat = path.stat()
-    return f"{model_name}|{version}|{path}|{stat.st_mtime_ns}|{stat.st_size}"
-
-
-def file_stem(key: str) -> str:
-    """File name stem for ``key``: readable model-name part plus a hash of key and user id."""
-    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", key.split("|", 1)[0])[:40]
-    digest = hashlib.sha256(f"{os.getuid()}|{key}".encode()).hexdigest()[:24]
-    return f"{PREFIX}{readable}_{digest}"
 
 
 @dataclass(frozen=True)

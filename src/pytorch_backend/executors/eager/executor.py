@@ -9,18 +9,23 @@ names with the TorchScript rules from the forward's signature, then compile and 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from ...config import ModelConfig
-from ...errors import ExecutionError
 from ...requests import Value
 from ...runtime.devices import kind_model_placement, module_devices
 from ..base import Capabilities, LoadContext
-from ..torchscript.naming import Binding, bind_inputs, bind_outputs
+from ..torchscript.naming import (
+    Binding,
+    bind_inputs,
+    bind_outputs,
+    describe,
+    pick_outputs,
+    positional_args,
+)
 from . import module as module_file
 from .compiled import CompileWatch, compile_module, warm_up
 from .signature import forward_signature, keyword_only, uses_strings
@@ -53,9 +58,7 @@ class EagerExecutor:
         if self.inputs.dict_input:
             result = self._call(dict(inputs))
         else:
-            args: list[Value] = [None] * len(self._names)  # type: ignore[list-item]
-            for name, position in self.inputs.positions.items():
-                args[position] = inputs[name]
+            args = positional_args(self.inputs, len(self._names), inputs)
             positional = [a for n, a in zip(self._names, args) if n not in self._keywords]
             keywords = {n: a for n, a in zip(self._names, args) if n in self._keywords}
             result = self._call(*positional, **keywords)
@@ -70,23 +73,11 @@ class EagerExecutor:
             values = list(result)
         else:
             values = [result]
-        out: dict[str, Value] = {}
-        for name, position in self.outputs.positions.items():
-            if position >= len(values):
-                raise ExecutionError(
-                    f"output '{name}' refers to index {position}, but the model "
-                    f"returned {len(values)} value(s)"
-                )
-            out[name] = values[position]  # type: ignore[assignment]
-        return out
+        return pick_outputs(self.outputs, values)  # type: ignore[return-value]
 
     def describe_bindings(self) -> list[str]:
-        lines = [
-            f"{kind} bound by {binding.convention.value}: {json.dumps(dict(binding.positions))}"
-            for kind, binding in (("inputs", self.inputs), ("outputs", self.outputs))
-        ]
-        lines.append(f"forward runs {'compiled' if self.compiled else 'eagerly'}")
-        return lines
+        compiled = "compiled" if self.compiled else "eagerly"
+        return [*describe(self.inputs, self.outputs), f"forward runs {compiled}"]
 
 
 def build_module(context: LoadContext) -> tuple[torch.nn.Module, torch.device]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,14 +9,14 @@ from pathlib import Path
 import torch
 
 from ...config import ModelConfig
-from ...errors import ExecutionError
 from ...logs import InstanceLog
 from ...requests import Value
 from ...runtime.devices import kind_model_placement, module_devices
 from ...tracebacks import short_text
 from .. import artifacts
 from ..base import Capabilities, LoadContext
-from .naming import Binding, Signature, bind_inputs, bind_outputs
+from . import naming
+from .naming import Binding, Signature, bind_inputs, bind_outputs, pick_outputs, positional_args
 
 _UNKNOWN_OP_RE = re.compile(r"Unknown builtin op: (\w+::\w+)")
 
@@ -95,26 +94,12 @@ class TorchScriptExecutor:
         if self.inputs.dict_input:
             result = self.module.forward(dict(inputs))
         else:
-            args: list[Value] = [None] * self._arg_count  # type: ignore[list-item]
-            for name, position in self.inputs.positions.items():
-                args[position] = inputs[name]
-            result = self.module.forward(*args)
+            result = self.module.forward(*positional_args(self.inputs, self._arg_count, inputs))
         values = list(result) if isinstance(result, tuple) else [result]
-        out: dict[str, Value] = {}
-        for name, position in self.outputs.positions.items():
-            if position >= len(values):
-                raise ExecutionError(
-                    f"output '{name}' refers to index {position}, but the model "
-                    f"returned {len(values)} value(s)"
-                )
-            out[name] = values[position]
-        return out
+        return pick_outputs(self.outputs, values)  # type: ignore[return-value]
 
     def describe_bindings(self) -> list[str]:
-        return [
-            f"{kind} bound by {binding.convention.value}: {json.dumps(dict(binding.positions))}"
-            for kind, binding in (("inputs", self.inputs), ("outputs", self.outputs))
-        ]
+        return naming.describe(self.inputs, self.outputs)
 
 
 def load(context: LoadContext) -> TorchScriptExecutor:

@@ -9,11 +9,13 @@ Outputs bind by ``<name>__<index>`` when every output has that form, else by con
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from ...config import ModelConfig, NamingConvention, TensorSpec
+from ...errors import ExecutionError
 
 FORWARD_ARGUMENT = NamingConvention.FORWARD_ARGUMENT
 NAMED_INDEX = NamingConvention.NAMED_INDEX
@@ -167,3 +169,32 @@ def _check_type(
             f"{kind} '{spec.name}' is TYPE_{spec.dtype} but {where} is List[str] "
             "(declare it TYPE_STRING)"
         )
+
+
+def positional_args(binding: Binding, count: int, inputs: Mapping[str, object]) -> list[object]:
+    """The forward's arguments in order, from the named inputs (not for a dict input)."""
+    args: list[object] = [None] * count
+    for name, position in binding.positions.items():
+        args[position] = inputs[name]
+    return args
+
+
+def pick_outputs(binding: Binding, values: Sequence[object]) -> dict[str, object]:
+    """Config output name -> the returned value at its bound position."""
+    out: dict[str, object] = {}
+    for name, position in binding.positions.items():
+        if position >= len(values):
+            raise ExecutionError(
+                f"output '{name}' refers to index {position}, but the model "
+                f"returned {len(values)} value(s)"
+            )
+        out[name] = values[position]
+    return out
+
+
+def describe(inputs: Binding, outputs: Binding) -> list[str]:
+    """Log lines naming how inputs and outputs were bound."""
+    return [
+        f"{kind} bound by {binding.convention.value}: {json.dumps(dict(binding.positions))}"
+        for kind, binding in (("inputs", inputs), ("outputs", outputs))
+    ]
