@@ -1,0 +1,73 @@
+"""Parsers for ``config.pbtxt`` parameter values: each takes (model, key, value) and fails the load.
+
+Booleans accept exactly ``true/on/1`` and ``false/off/0`` after lower-casing (upstream's
+``ParseBoolValue``); thread counts are non-negative decimal integers that fit a C ``int``; file
+names are plain names inside the version directory.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import ModelLoadError
+
+_TRUE = frozenset({"true", "on", "1"})
+_FALSE = frozenset({"false", "off", "0"})
+_INT_MAX = 2**31 - 1
+_UINT_RE = re.compile(r"[0-9]+")
+
+
+def _bad(model: str, key: str, value: str, expected: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"parameter '{key}' has invalid value {value!r}: expected {expected}", model=model
+    )
+
+
+def parse_bool(model: str, key: str, value: str) -> bool:
+    """Upstream ``ParseBoolValue``: lower-cased ``true/on/1`` or ``false/off/0``."""
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _bad(model, key, value, "a boolean (true/false, on/off, 1/0)")
+
+
+def parse_thread_count(model: str, key: str, value: str) -> int | None:
+    """A non-negative decimal integer; ``0`` means "leave torch's default" (returns None)."""
+    text = value.strip()
+    if not _UINT_RE.fullmatch(text):
+        raise _bad(model, key, value, "a non-negative integer (0 = torch's default)")
+    number = int(text)
+    if number > _INT_MAX:
+        raise _bad(model, key, value, f"an integer no larger than {_INT_MAX}")
+    return number or None
+
+
+def parse_library_list(model: str, key: str, value: str) -> tuple[str, ...]:
+    """Split ``CUSTOM_OP_LIBRARIES`` on commas and colons; blanks are dropped."""
+    return tuple(p.strip() for p in re.split(r"[,:]", value) if p.strip())
+
+
+def parse_file_name(model: str, key: str, value: str) -> str:
+    """A plain file name inside the version directory."""
+    if not value.strip() or "/" in value or "\\" in value or value in (".", ".."):
+        raise _bad(
+            model, key, value, "a plain file name inside the version directory (no path separators)"
+        )
+    return value
+
+
+def parse_module_file_name(model: str, key: str, value: str) -> str:
+    """A plain ``.py`` file name inside the version directory."""
+    name = parse_file_name(model, key, value)
+    if not name.endswith(".py"):
+        raise _bad(model, key, value, "the name of a Python file ending in '.py'")
+    return name
+
+
+def parse_class_name(model: str, key: str, value: str) -> str:
+    """A Python identifier (the name of a class defined in the module file)."""
+    if not value.isidentifier():
+        raise _bad(model, key, value, "a Python class name")
+    return value
