@@ -2,8 +2,9 @@
 
 One server with auto-completion on (Triton's default) serves models whose configs hold only
 ``name``, ``platform`` and ``backend`` (a batching ``.pt2`` with a dynamic feature dim, a ``.pt2``
-with nested dict/tuple I/O, a static ``.pt2``), partial configs, a contradiction, a TorchScript
-file without a sidecar, and the models written by ``pytorch_backend.package`` in each format.
+with nested dict/tuple I/O, a static ``.pt2``, a torch.export program), partial configs, a
+contradiction, a TorchScript file without a sidecar, and the models written by
+``pytorch_backend.package`` in each format (also with only ``name`` and ``backend``: sidecar).
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from pytorch_backend.config import ModelKind
 from tests import aoti_models, package_models, ts_models
 from tests.aoti_models import COMPLEX_INPUTS, COMPLEX_OUTPUTS, complex_example, complex_reference
 from tests.client_utils import PROTOCOLS, infer, write_model
 
 MINIMAL = 'name: "{name}"\nbackend: "pytorch_python"\nplatform: "torch_aoti"\n'
 TS_MINIMAL = 'name: "{name}"\nbackend: "pytorch_python"\n'
-EAGER_KIND = next((k for k in ModelKind if "eager" in k.name.lower()), None)
 
 # Model -> texts its load error must contain.
 BROKEN = {
@@ -86,12 +85,34 @@ def repo(tmp_path_factory) -> Path:
         {"1/model.pt": ts_file},
     )
     # Packaged models: the configs the packager wrote, and one with only name/backend (sidecar).
-    for fmt in ("pt2", "torchscript"):
+    for fmt in ("pt2", "torchscript", "eager"):
         shutil.copytree(package_models.packaged(fmt), repo / f"pkg_{fmt}")
         _rename(repo / f"pkg_{fmt}", f"pkg_{fmt}")
-    shutil.copytree(package_models.packaged("torchscript"), repo / "pkg_sidecar")
-    (repo / "pkg_sidecar" / "config.pbtxt").write_text(TS_MINIMAL.format(name="pkg_sidecar"))
+    for fmt, name in (("torchscript", "pkg_sidecar"), ("eager", "pkg_eager_sidecar")):
+        shutil.copytree(package_models.packaged(fmt), repo / name)
+        (repo / name / "config.pbtxt").write_text(TS_MINIMAL.format(name=name))
+    # A torch.export program (torch.export.save) with a batch range and nested I/O.
+    program = torch.export.export(
+        _Exported(),
+        (torch.zeros(2, 4), {"k": torch.zeros(2, 1)}),
+        dynamic_shapes=({0: EXPORT_BATCH}, {"k": {0: EXPORT_BATCH}}),
+    )
+    torch.export.save(program, str(scratch / "program.pt2"))
+    write_model(
+        repo,
+        "ac_exported",
+        MINIMAL.format(name="ac_exported"),
+        {"1/model.pt2": scratch / "program.pt2"},
+    )
     return repo
+
+
+EXPORT_BATCH = torch.export.Dim("batch", min=1, max=6)
+
+
+class _Exported(torch.nn.Module):
+    def forward(self, x: torch.Tensor, extra: dict[str, torch.Tensor]):
+        return {"a": x * 2, "b": (x.sum(1, keepdim=True) + extra["k"]).double()}
 
 
 def _rename(model_dir: Path, name: str) -> None:
@@ -187,7 +208,7 @@ def test_contradictions_and_unknowable_fields_fail_the_load(server, model):
         assert text in status.reason, status.reason
 
 
-@pytest.mark.parametrize("fmt", ["pt2", "torchscript", "sidecar"])
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript", "sidecar", "eager", "eager_sidecar"])
 def test_packaged_models_serve_the_eager_outputs(server, fmt):
     model = f"pkg_{fmt}"
     config = model_config(server, model)
@@ -204,16 +225,22 @@ def test_packaged_models_serve_the_eager_outputs(server, fmt):
             np.testing.assert_allclose(result[name], value.numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(
-    EAGER_KIND is None, reason="no eager model kind yet (issue 10, the PyTorch 2.0 runtime)"
-)
-def test_packaged_eager_module_serves(triton, tmp_path):  # pragma: no cover - until issue 10
-    shutil.copytree(package_models.packaged("eager"), tmp_path / "pkg_eager")
-    _rename(tmp_path / "pkg_eager", "pkg_eager")
-    running = triton(tmp_path)
-    x, y = package_models.examples(2)
-    result = infer("http", running, "pkg_eager", {"x": x.numpy(), "y": y.numpy()})
-    np.testing.assert_allclose(result["OUTPUT__0"], package_models.TwoHeads()(x, y)[0].detach())
+def test_minimal_torch_export_program_is_completed_and_serves(server):
+    config = model_config(server, "ac_exported")
+    assert config["max_batch_size"] == 6 and "dynamic_batching" in config
+    assert io_of(config) == {
+        "ARGS[0]": ("TYPE_FP32", [4]),
+        "ARGS[1][k]": ("TYPE_FP32", [1]),
+        "RESULT[a]": ("TYPE_FP32", [4]),
+        "RESULT[b]": ("TYPE_FP64", [1]),
+    }
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    k = np.ones((3, 1), dtype=np.float32)
+    for protocol in PROTOCOLS:
+        result = infer(protocol, server, "ac_exported", {"ARGS[0]": x, "ARGS[1][k]": k})
+        np.testing.assert_allclose(result["RESULT[a]"], x * 2)
+        np.testing.assert_allclose(result["RESULT[b]"], x.sum(1, keepdims=True) + 1)
+        assert result["RESULT[b]"].dtype == np.float64
 
 
 def test_check_reports_the_load_errors_and_exits_1(server, repo):

@@ -232,3 +232,102 @@ def test_complete_torchscript_config_without_sidecar_is_not_opened(tmp_path):
         "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [2]}],
     }
     assert complete_config(written, target).empty
+
+
+class Pair(torch.nn.Module):
+    """A torch.export program with nested inputs and a dict of outputs."""
+
+    def forward(self, x: torch.Tensor, extra: dict[str, torch.Tensor]):
+        return {"a": x * 2, "b": (x.sum(1, keepdim=True) + extra["k"]).double()}
+
+
+def _exported(tmp_path: Path, batch: torch.export.Dim | None) -> Path:
+    examples = (torch.zeros(2, 4), {"k": torch.zeros(2, 1)})
+    shapes = ({0: batch}, {"k": {0: batch}}) if batch is not None else None
+    program = torch.export.export(Pair(), examples, dynamic_shapes=shapes)
+    target = tmp_path / "1"
+    target.mkdir(exist_ok=True)
+    torch.export.save(program, str(target / "model.pt2"))
+    return target
+
+
+def test_exported_program_completes_from_its_metadata_and_range(tmp_path):
+    target = _exported(tmp_path, torch.export.Dim("batch", min=1, max=6))
+    sink = Sink()
+    completion = complete_config(aoti(), target, sink)
+    config = parse_model_config(completion.apply(aoti()))
+    assert config.max_batch_size == 6 and completion.dynamic_batching
+    assert [(t.name, t.dtype, t.dims) for t in config.inputs] == [
+        ("ARGS[0]", "FP32", (4,)),
+        ("ARGS[1][k]", "FP32", (1,)),
+    ]
+    assert [(t.name, t.dtype, t.dims) for t in config.outputs] == [
+        ("RESULT[a]", "FP32", (4,)),
+        ("RESULT[b]", "FP64", (1,)),
+    ]
+    assert any("range_constraints give the batch range 1..6" in line for line in sink.lines)
+
+
+def test_static_exported_program_keeps_full_shapes_and_ordinal_names(tmp_path):
+    target = _exported(tmp_path, None)
+    written = aoti(input=[{"name": "INPUT__0"}])
+    config = parse_model_config(complete_config(written, target).apply(written))
+    assert config.max_batch_size == 0
+    assert [(t.name, t.dims) for t in config.inputs] == [("INPUT__0", (2, 4)), ("INPUT__1", (2, 1))]
+    assert [(t.name, t.dtype) for t in config.outputs] == [
+        ("OUTPUT__0", "FP32"),
+        ("OUTPUT__1", "FP64"),
+    ]
+
+
+def test_exported_program_contradiction_names_both_values(tmp_path):
+    target = _exported(tmp_path, torch.export.Dim("batch", min=1, max=6))
+    written = aoti(input=[{"name": "ARGS[0]", "data_type": "TYPE_INT64", "dims": [4]}])
+    with pytest.raises(ModelLoadError, match="says TYPE_INT64, the model provides TYPE_FP32"):
+        complete_config(written, target)
+
+
+def _module_dir(tmp_path: Path, source: str) -> Path:
+    target = tmp_path / "1"
+    target.mkdir()
+    (target / "model.py").write_text(source)
+    return target
+
+
+MODULE_SOURCE = """
+import torch
+from typing import List
+
+
+class Tagger(torch.nn.Module):
+    def forward(self, x: torch.Tensor, words: List[str]) -> List[str]:
+        return [w + str(int(x.sum())) for w in words]
+"""
+
+
+def test_module_file_without_sidecar_gives_names_and_strings(tmp_path):
+    target = _module_dir(tmp_path, MODULE_SOURCE)
+    written = {"name": "m", "backend": "pytorch_python", "max_batch_size": 2}
+    with pytest.raises(ModelLoadError) as error:
+        complete_config(written, target)
+    text = str(error.value)
+    assert "cannot complete the configuration from the module file model.py" in text
+    assert "input 'x' (forward argument 'x' (Tensor)): data_type and dims" in text
+    assert "'words'" not in text  # List[str] is known: TYPE_STRING
+
+
+def test_module_file_with_the_packagers_sidecar_completes(tmp_path):
+    from tests import package_models
+
+    source = package_models.packaged("eager")
+    target = tmp_path / "m"
+    shutil.copytree(source, target)
+    written = {"name": "m", "backend": "pytorch_python"}
+    completion = complete_config(written, target / "1")
+    config = parse_model_config(completion.apply(written))
+    assert config.max_batch_size == package_models.MAX_BATCH
+    assert [t.name for t in config.inputs] == ["x", "y"]
+    assert [(t.name, t.dtype, t.dims) for t in config.outputs] == [
+        ("OUTPUT__0", "FP32", (3,)),
+        ("OUTPUT__1", "INT64", (1,)),
+    ]

@@ -58,9 +58,15 @@ REGISTRY: Mapping[ModelKind, KindEntry] = {
         ModelKind.AOTI, "model.pt2", AOTI_PLATFORM, ".aoti.executor:load", ".aoti.describe:describe"
     ),
     # Selected by the version directory's contents, not by a platform.
-    ModelKind.EAGER: KindEntry(ModelKind.EAGER, "model.py", "", ".eager.executor:load"),
+    ModelKind.EAGER: KindEntry(
+        ModelKind.EAGER, "model.py", "", ".eager.executor:load", ".eager.describe:describe_module"
+    ),
     ModelKind.EXPORTED_PROGRAM: KindEntry(
-        ModelKind.EXPORTED_PROGRAM, "model.pt2", "", ".eager.exported:load"
+        ModelKind.EXPORTED_PROGRAM,
+        "model.pt2",
+        "",
+        ".eager.exported:load",
+        ".eager.describe:describe_program",
     ),
 }
 

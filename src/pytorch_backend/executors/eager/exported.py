@@ -46,12 +46,18 @@ def load_program(config: ModelConfig, path: Path) -> torch.export.ExportedProgra
         ) from None
 
 
-def _nodes(program: torch.export.ExportedProgram) -> dict[str, torch.fx.Node]:
-    return {node.name: node for node in program.graph.nodes}
-
-
-def _meta(node: torch.fx.Node) -> Any:
-    return node.meta.get("val")
+def user_values(program: torch.export.ExportedProgram) -> tuple[list[Any], list[Any]]:
+    """The example values (fake tensors) of the program's user inputs and user outputs."""
+    nodes = {node.name: node for node in program.graph.nodes}
+    inputs = [nodes[n].meta.get("val") for n in program.graph_signature.user_inputs]
+    output = next(n for n in program.graph.nodes if n.op == "output")
+    values = list(output.args[0])
+    user = len(program.graph_signature.user_outputs)
+    values = values[len(values) - user :] if user else values
+    outputs = [
+        nodes[v.name].meta.get("val") if getattr(v, "name", None) in nodes else None for v in values
+    ]
+    return inputs, outputs
 
 
 class ExportedProgramExecutor:
@@ -73,9 +79,7 @@ class ExportedProgramExecutor:
             raise config.error(f"unsupported torch.export call spec: {exc}") from None
         self.in_spec = spec.in_spec
         self.bindings = resolve_bindings(self.call_spec, config)
-        nodes = _nodes(program)
-        inputs = [_meta(nodes[n]) for n in program.graph_signature.user_inputs]
-        outputs = [_meta(nodes[n]) if n in nodes else None for n in self._output_names(program)]
+        inputs, outputs = user_values(program)
         self._check_inputs(inputs)
         self._check_outputs(outputs)
         self.batch_range = self._batch_range(program, inputs)
@@ -89,14 +93,6 @@ class ExportedProgramExecutor:
             devices=(self.input_device,),
             batch_range=self.batch_range,
         )
-
-    @staticmethod
-    def _output_names(program: torch.export.ExportedProgram) -> list[str]:
-        output = next(n for n in program.graph.nodes if n.op == "output")
-        values = output.args[0]
-        names = [getattr(v, "name", "") for v in values]
-        user = list(program.graph_signature.user_outputs)
-        return names[len(names) - len(user) :] if user else names
 
     def _check_inputs(self, metas: list[Any]) -> None:
         offset = 1 if self.config.batching else 0
