@@ -20,7 +20,7 @@ import torch.utils._pytree as pytree
 from ...config.dtypes import TORCH_TO_TRITON
 from ..aoti.callspec import CallSpecError, parse_call_spec
 from ..description import DescribeContext, ModelIO, TensorIO, read_sidecar
-from ..torchscript.naming import STRING_LIST
+from ..torchscript.describe import signature_io
 from . import module as module_file
 from .exported import load_program, user_values
 from .signature import forward_signature
@@ -28,14 +28,6 @@ from .signature import forward_signature
 #: ``max_batch_size`` for a program whose batch dimension has no upper bound (Triton's own
 #: ``default-max-batch-size``, as for AOT-Inductor packages).
 DEFAULT_MAX_BATCH_SIZE = 4
-
-
-def _string(names: tuple[str, ...], batching: bool | None, where: str) -> TensorIO:
-    if batching is None:
-        return TensorIO(names, "STRING", None, where=where)
-    if batching:
-        return TensorIO(names, "STRING", (1,), reshape=(), where=where)
-    return TensorIO(names, "STRING", (-1,), where=where)
 
 
 def describe_module(context: DescribeContext) -> ModelIO:
@@ -53,28 +45,9 @@ def describe_module(context: DescribeContext) -> ModelIO:
     imported = module_file.import_module_file(context.config, context.path)
     params = context.config.parameters.get("MODULE_CLASS")
     cls = module_file.select_class(context.config, imported, context.path, params)
-    signature = forward_signature(context.config, module_file.instantiate(context.config, cls))
+    module = module_file.instantiate(context.config, cls)
     batching = context.config.max_batch_size > 0
-    unknown = ""
-    inputs: tuple[TensorIO, ...] = ()
-    if len(signature.arg_types) == 1 and signature.arg_types[0].startswith("Dict["):
-        unknown = (
-            f"forward takes a single {signature.arg_types[0]} '{signature.arg_names[0]}': "
-            "declare one input per dictionary key"
-        )
-    else:
-        inputs = tuple(
-            _string((name, f"INPUT__{i}"), batching, f"forward argument '{name}'")
-            if kind == STRING_LIST
-            else TensorIO((name, f"INPUT__{i}"), where=f"forward argument '{name}' ({kind})")
-            for i, (name, kind) in enumerate(zip(signature.arg_names, signature.arg_types))
-        )
-    outputs = tuple(
-        _string((f"OUTPUT__{i}",), batching, f"returned value {i}")
-        if kind == STRING_LIST
-        else TensorIO((f"OUTPUT__{i}",), where=f"returned value {i} ({kind})")
-        for i, kind in enumerate(signature.output_types or ())
-    )
+    inputs, outputs, unknown = signature_io(forward_signature(context.config, module), batching)
     return ModelIO(inputs, outputs, source=source, unknown_inputs=unknown)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from ..description import DescribeContext, ModelIO, TensorIO, read_sidecar
 from .executor import load_torchscript, signature_of
-from .naming import STRING_LIST
+from .naming import STRING_LIST, Signature
 
 
 def _string(names: tuple[str, ...], batching: bool | None, where: str) -> TensorIO:
@@ -24,19 +24,10 @@ def _string(names: tuple[str, ...], batching: bool | None, where: str) -> Tensor
     return TensorIO(names, "STRING", (-1,), where=where)
 
 
-def describe(context: DescribeContext) -> ModelIO:
-    """The registry's describer for TorchScript files."""
-    try:
-        sidecar = read_sidecar(context.path)
-    except ValueError as error:
-        raise context.config.error(str(error)) from None
-    if sidecar is not None:
-        return sidecar
-    if not context.need_tensors:  # without a sidecar a TorchScript file cannot tell batching
-        return ModelIO((), (), source=f"the TorchScript file {context.path.name}")
-    module = load_torchscript(context.config, context.path, map_location=torch.device("cpu"))
-    signature = signature_of(module)
-    batching = context.config.max_batch_size > 0
+def signature_io(
+    signature: Signature, batching: bool
+) -> tuple[tuple[TensorIO, ...], tuple[TensorIO, ...], str]:
+    """Inputs, outputs and the unknown-inputs note a forward signature gives (names, strings)."""
     if len(signature.arg_types) == 1 and signature.arg_types[0].startswith("Dict["):
         inputs: tuple[TensorIO, ...] = ()
         unknown = (
@@ -57,6 +48,21 @@ def describe(context: DescribeContext) -> ModelIO:
         else TensorIO((f"OUTPUT__{i}",), where=f"returned value {i} ({kind})")
         for i, kind in enumerate(signature.output_types or ())
     )
+    return inputs, outputs, unknown
+
+
+def describe(context: DescribeContext) -> ModelIO:
+    """The registry's describer for TorchScript files."""
+    try:
+        sidecar = read_sidecar(context.path)
+    except ValueError as error:
+        raise context.config.error(str(error)) from None
+    if sidecar is not None:
+        return sidecar
+    if not context.need_tensors:  # without a sidecar a TorchScript file cannot tell batching
+        return ModelIO((), (), source=f"the TorchScript file {context.path.name}")
+    module = load_torchscript(context.config, context.path, map_location=torch.device("cpu"))
+    inputs, outputs, unknown = signature_io(signature_of(module), context.config.max_batch_size > 0)
     return ModelIO(
         inputs,
         outputs,
