@@ -28,6 +28,7 @@ from ..errors import ModelLoadError
 from .compile_options import CompileOptions, parse_compile_options
 from .enums import GradPolicy, ModelKind
 from .values import (
+    parse_batch_sizes,
     parse_bool,
     parse_class_name,
     parse_file_name,
@@ -70,6 +71,8 @@ class BackendParameters:
     module_filename: str | None = None
     module_class: str | None = None
     enable_metrics: bool = True
+    warmup: bool = True
+    warmup_batch_sizes: tuple[int, ...] | None = None
 
     @property
     def grad_policy(self) -> GradPolicy:
@@ -239,6 +242,21 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`true`",
         "enable_metrics",
         parse_bool,
+    ),
+    Parameter(
+        "WARMUP",
+        "run every instance over its batch buckets on zeros at load, before the model is ready "
+        "(see Warm-up); `false`: the first requests pay for lazy initialisation",
+        "`true`",
+        "warmup",
+        parse_bool,
+    ),
+    Parameter(
+        "WARMUP_BATCH_SIZES",
+        'comma-separated batch sizes the warm-up runs (`"1,4,16"`), each at most `max_batch_size`',
+        "powers of two up to `max_batch_size`, `max_batch_size` and the preferred batch sizes",
+        "warmup_batch_sizes",
+        parse_batch_sizes,
     ),
     Parameter(
         "FORCE_CPU_ONLY_INPUT_TENSORS",

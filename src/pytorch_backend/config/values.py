@@ -71,3 +71,11 @@ def parse_class_name(model: str, key: str, value: str) -> str:
     if not value.isidentifier():
         raise _bad(model, key, value, "a Python class name")
     return value
+
+
+def parse_batch_sizes(model: str, key: str, value: str) -> tuple[int, ...]:
+    """Comma-separated positive batch sizes (``"1,4,16"``), sorted and without repeats."""
+    parts = [p.strip() for p in value.split(",")]
+    if not parts or not all(_UINT_RE.fullmatch(p) and 0 < int(p) <= _INT_MAX for p in parts):
+        raise _bad(model, key, value, "comma-separated positive batch sizes, e.g. '1,4,16'")
+    return tuple(sorted({int(p) for p in parts}))

@@ -7,7 +7,7 @@ describer here (a unit test checks it), so adding a parameter without its log li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,7 @@ class EffectiveSettings:
     weight_sharing: str  # the decision, as logged ("true", "false", "true, no effect: ...")
     kind: ModelKind | None = None  # the model kind served, when known
     metrics: str = "false"  # the decision, as logged ("true", "false", "true, no effect: ...")
+    warmup: Sequence[int | None] = ()  # the batch sizes warmed up at load (empty: none)
 
 
 def on_off(value: bool | None) -> str:
@@ -104,6 +105,20 @@ def _libraries(e: EffectiveSettings) -> str:
     return ", ".join(libraries) + " (loaded)" if libraries else "none"
 
 
+def _warmup(e: EffectiveSettings) -> str:
+    if not e.params.warmup:
+        return "false"
+    return "true" if e.warmup else "true, no effect: no batch sizes"
+
+
+def _warmup_sizes(e: EffectiveSettings) -> str:
+    sizes = ", ".join("as configured" if b is None else str(b) for b in e.warmup)
+    if not e.params.warmup:
+        return "no effect: WARMUP is false"
+    given = e.params.warmup_batch_sizes is not None
+    return f"[{sizes}]" + ("" if given else " (not given: powers of two, max, preferred)")
+
+
 def _for_kind(key: str, describe: Describer) -> Describer:
     """``describe``, or "no effect" when the parameter does not apply to the model's kind."""
 
@@ -161,6 +176,8 @@ DESCRIBERS: Mapping[str, Describer] = {
         "TORCH_COMPILE_OPTIONAL_PARAMETERS", lambda e: e.params.torch_compile.describe()
     ),
     "ENABLE_METRICS": lambda e: e.metrics,
+    "WARMUP": _warmup,
+    "WARMUP_BATCH_SIZES": _warmup_sizes,
 }
 
 
