@@ -111,7 +111,7 @@ def test_thread_counts(key: str, field: str) -> None:
     assert getattr(parse({key: "4"})[0], field) == 4
     assert getattr(parse({key: " 8 "})[0], field) == 8
     assert getattr(parse({key: "016"})[0], field) == 16
-    assert getattr(parse({key: "0"})[0], field) is None  # 0 = torch's default
+    assert getattr(parse({key: "0"})[0], field) == 0  # 0 = torch's default
     for bad in ["-1", "4abc", "abc", "", "1.5", "+3", "2147483648", "1e3", "0x10"]:
         message = refused({key: bad})
         assert f"'{key}'" in message and repr(bad) in message and "'m'" in message

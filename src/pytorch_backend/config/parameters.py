@@ -178,8 +178,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "INTRA_OP_THREAD_COUNT",
-        "`torch.set_num_threads(n)`. Unset and the model has several KIND_CPU instances: each "
-        "gets max(1, allowed CPUs ÷ CPU instances) instead of oversubscribing",
+        "`torch.set_num_threads(n)`; `0`: torch's default (one per CPU). Unset, a KIND_CPU "
+        "instance gets max(1, (allowed CPUs − 1) ÷ CPU instances): one CPU is left to the "
+        "server, and instances do not oversubscribe (see Threads)",
         "unset",
         "intra_op_thread_count",
         parse_thread_count,

@@ -14,7 +14,7 @@ import torch
 
 from ..config import BackendParameters, ModelKind
 from ..config.parameters import BY_KEY, PARAMETERS
-from .settings import RuntimeSettings, available_cpus
+from .settings import SERVER_CPUS, RuntimeSettings, available_cpus
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,17 @@ def _cache_cleaning(e: EffectiveSettings) -> str:
 
 def _intra(e: EffectiveSettings) -> str:
     threads = e.settings.intra_op_threads
+    if e.params.intra_op_thread_count == 0:
+        return f"{threads} (0 given: torch default)"
     if e.params.intra_op_thread_count is not None:
         return str(threads)
     if e.settings.thread_budget is not None:
-        return f"{threads} (not given: {available_cpus()} CPUs / {e.cpu_instances} CPU instances)"
+        instances = max(1, e.cpu_instances)
+        plural = "s" if instances > 1 else ""
+        return (
+            f"{threads} (not given: ({available_cpus()} CPUs - {SERVER_CPUS} for the server) "
+            f"/ {instances} CPU instance{plural})"
+        )
     return f"{threads} (not given, torch default)"
 
 
