@@ -22,6 +22,7 @@ from .executors.base import Executor
 from .hooks import NO_FAILURES, ExecuteStats, Hooks
 from .logs import InstanceLog
 from .requests import InputValue, Outcome, RequestInputs, Value
+from .runtime.staging import PinnedStaging
 from .strings import Strings, check_string_list
 from .tracebacks import short_text
 
@@ -56,6 +57,7 @@ class InferenceEngine:
         executor: Executor,
         hooks: Hooks | None = None,
         log: InstanceLog | None = None,
+        staging: PinnedStaging | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
@@ -72,6 +74,7 @@ class InferenceEngine:
         # Gathered inputs are moved only where the executor's device is not the CPU.
         device = executor.input_device
         self._move_to = device if device.type != "cpu" else None
+        self._staging = staging  # CPU inputs of a GPU instance go through its pinned buffers
         self._output_specs = {spec.name: spec for spec in config.outputs}
         batch_dim = (-1,) if config.batching else ()
         self._expected_shapes = {spec.name: batch_dim + spec.shape for spec in config.inputs}
@@ -248,6 +251,8 @@ class InferenceEngine:
         values = [valid.request.inputs[name] for valid in group]
         if spec.is_string:
             return [s for value in values for s in value.values]  # type: ignore[union-attr]
+        if self._staging is not None and all(v.is_cpu for v in values):  # type: ignore[union-attr]
+            return self._staging.gather(name, values)  # type: ignore[arg-type]
         tensor = values[0] if len(values) == 1 else torch.cat(values)  # type: ignore[arg-type]
         if self._move_to is None and tensor.is_cpu:
             return tensor

@@ -43,6 +43,7 @@ from .runtime.execution import (
 )
 from .runtime.report import EffectiveSettings, effective_lines
 from .runtime.settings import RuntimeSettings, apply_runtime_settings
+from .runtime.staging import PinnedStaging
 from .runtime.warmup import warm_up, warmup_buckets
 
 
@@ -150,8 +151,9 @@ def _build(
     sticky = StickyErrorWatch() if _cuda_devices(device, executor) else None
     metrics, metrics_state = _metrics(registry, config, params, args, log, device, executor)
     hooks = _hooks(params, settings, device, executor, sticky, metrics)
-    engine = InferenceEngine(config, executor, hooks, log)
-    _warm_up(config, kind, executor, hooks, buckets, log)
+    staging = _staging(executor)
+    engine = InferenceEngine(config, executor, hooks, log, staging)
+    _warm_up(config, kind, executor, hooks, buckets, log, staging)
     effective = EffectiveSettings(
         params,
         settings,
@@ -171,6 +173,12 @@ def _build(
     return Instance(config, params, kind, device, executor, engine, log, shared, metrics, sticky)
 
 
+def _staging(executor: Executor) -> PinnedStaging | None:
+    """Pinned staging of CPU inputs where the executor takes them on a GPU."""
+    device = executor.input_device
+    return PinnedStaging(device) if device.type == "cuda" else None
+
+
 def _warm_up(
     config: ModelConfig,
     kind: ModelKind,
@@ -178,13 +186,13 @@ def _warm_up(
     hooks: Hooks,
     buckets: list[int | None],
     log: InstanceLog,
+    staging: PinnedStaging | None = None,
 ) -> None:
     """``WARMUP``: run the buckets through an engine without metrics (:mod:`.runtime.warmup`)."""
     if not buckets:
         return
-    engine = InferenceEngine(
-        config, executor, Hooks([h for h in hooks.hooks if not isinstance(h, MetricsHook)]), log
-    )
+    without_metrics = Hooks([h for h in hooks.hooks if not isinstance(h, MetricsHook)])
+    engine = InferenceEngine(config, executor, without_metrics, log, staging)
     # A compiled module's watch would report the warm-up's graphs as recompilations.
     watch = getattr(executor, "watch", None)
     if watch is not None:
