@@ -78,6 +78,10 @@ class InferenceEngine:
         self._output_specs = {spec.name: spec for spec in config.outputs}
         batch_dim = (-1,) if config.batching else ()
         self._expected_shapes = {spec.name: batch_dim + spec.shape for spec in config.inputs}
+        # Per-item shapes without -1, compared in one go (None: some dim is variable).
+        self._fixed_dims = {
+            spec.name: (None if -1 in spec.shape else spec.shape) for spec in config.inputs
+        }
         self._output_shapes = {
             spec.name: batch_dim + spec.shape for spec in config.outputs if not spec.is_string
         }
@@ -189,9 +193,18 @@ class InferenceEngine:
                     f"input '{spec.name}' has datatype {triton_name(value.dtype)}; "
                     f"the model expects TYPE_{spec.dtype}"
                 )
-            shape = tuple(value.shape)
+            shape = value.shape  # a tuple
         expected = self._expected_shapes[spec.name]
-        if len(shape) != len(expected) or any(e not in (-1, s) for e, s in zip(expected, shape)):
+        fixed = self._fixed_dims[spec.name]
+        if fixed is not None:  # no -1 past the batch dim: one comparison
+            if len(shape) == len(expected) and shape[len(shape) - len(fixed) :] == fixed:
+                return shape
+            bad = True
+        else:
+            bad = len(shape) != len(expected) or any(
+                e not in (-1, s) for e, s in zip(expected, shape)
+            )
+        if bad:
             raise RequestError(
                 f"input '{spec.name}' has shape {_shape_text(shape)}; the model "
                 f"expects {_shape_text(expected)}"

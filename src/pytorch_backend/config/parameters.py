@@ -261,7 +261,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "FORCE_CPU_ONLY_INPUT_TENSORS",
-        "read by Triton's Python backend itself; `\"no\"`: inputs already on a GPU reach a GPU "
+        'read by Triton\'s Python backend itself; `"no"`: inputs already on a GPU reach a GPU '
         "instance where they are (no host round trip)",
         "",
         reader=PYTHON_BACKEND,
