@@ -22,6 +22,7 @@ from .executors.base import Executor
 from .hooks import NO_FAILURES, ExecuteStats, Hooks
 from .logs import InstanceLog
 from .requests import InputValue, Outcome, RequestInputs, Value
+from .runtime.staging import PinnedStaging
 from .strings import Strings, check_string_list
 from .tracebacks import short_text
 
@@ -56,6 +57,7 @@ class InferenceEngine:
         executor: Executor,
         hooks: Hooks | None = None,
         log: InstanceLog | None = None,
+        staging: PinnedStaging | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
@@ -67,10 +69,19 @@ class InferenceEngine:
         self._dtypes = {
             spec.name: TRITON_TO_TORCH.get(spec.dtype) for spec in (*config.inputs, *config.outputs)
         }
+        self._input_names = frozenset(self._inputs)
         self._all_outputs = frozenset(spec.name for spec in config.outputs)
+        # Gathered inputs are moved only where the executor's device is not the CPU.
+        device = executor.input_device
+        self._move_to = device if device.type != "cpu" else None
+        self._staging = staging  # CPU inputs of a GPU instance go through its pinned buffers
         self._output_specs = {spec.name: spec for spec in config.outputs}
         batch_dim = (-1,) if config.batching else ()
         self._expected_shapes = {spec.name: batch_dim + spec.shape for spec in config.inputs}
+        # Per-item shapes without -1, compared in one go (None: some dim is variable).
+        self._fixed_dims = {
+            spec.name: (None if -1 in spec.shape else spec.shape) for spec in config.inputs
+        }
         self._output_shapes = {
             spec.name: batch_dim + spec.shape for spec in config.outputs if not spec.is_string
         }
@@ -125,20 +136,12 @@ class InferenceEngine:
 
     def _validate(self, request: RequestInputs) -> tuple[int, tuple]:
         """Check names, dtypes and shapes; return the batch size and a gather-compatibility key."""
-        missing = [name for name in self._inputs if name not in request.inputs]
-        if missing:
+        if request.inputs.keys() != self._input_names:
+            self._check_names(request)
+        requested = request.requested_outputs
+        if requested and not requested <= self._all_outputs:
             raise RequestError(
-                f"missing input(s) {missing}; the model expects {list(self._inputs)}"
-            )
-        unknown = [name for name in request.inputs if name not in self._inputs]
-        if unknown:
-            raise RequestError(
-                f"unknown input(s) {unknown}; the model expects {list(self._inputs)}"
-            )
-        unknown_outputs = (request.requested_outputs or frozenset()) - self._all_outputs
-        if unknown_outputs:
-            raise RequestError(
-                f"unknown requested output(s) {sorted(unknown_outputs)}; the model "
+                f"unknown requested output(s) {sorted(requested - self._all_outputs)}; the model "
                 f"has {sorted(self._all_outputs)}"
             )
         batch_sizes: dict[str, int] = {}
@@ -160,6 +163,18 @@ class InferenceEngine:
             )
         return batch_size, tuple(key)
 
+    def _check_names(self, request: RequestInputs) -> None:
+        missing = [name for name in self._inputs if name not in request.inputs]
+        if missing:
+            raise RequestError(
+                f"missing input(s) {missing}; the model expects {list(self._inputs)}"
+            )
+        unknown = [name for name in request.inputs if name not in self._inputs]
+        if unknown:
+            raise RequestError(
+                f"unknown input(s) {unknown}; the model expects {list(self._inputs)}"
+            )
+
     def _check_value(self, spec: TensorSpec, value: InputValue) -> tuple[int, ...]:
         if spec.is_string:
             if not isinstance(value, Strings):
@@ -178,9 +193,18 @@ class InferenceEngine:
                     f"input '{spec.name}' has datatype {triton_name(value.dtype)}; "
                     f"the model expects TYPE_{spec.dtype}"
                 )
-            shape = tuple(value.shape)
+            shape = value.shape  # a tuple
         expected = self._expected_shapes[spec.name]
-        if len(shape) != len(expected) or any(e not in (-1, s) for e, s in zip(expected, shape)):
+        fixed = self._fixed_dims[spec.name]
+        if fixed is not None:  # no -1 past the batch dim: one comparison
+            if len(shape) == len(expected) and shape[len(shape) - len(fixed) :] == fixed:
+                return shape
+            bad = True
+        else:
+            bad = len(shape) != len(expected) or any(
+                e not in (-1, s) for e, s in zip(expected, shape)
+            )
+        if bad:
             raise RequestError(
                 f"input '{spec.name}' has shape {_shape_text(shape)}; the model "
                 f"expects {_shape_text(expected)}"
@@ -240,7 +264,11 @@ class InferenceEngine:
         values = [valid.request.inputs[name] for valid in group]
         if spec.is_string:
             return [s for value in values for s in value.values]  # type: ignore[union-attr]
+        if self._staging is not None and all(v.is_cpu for v in values):  # type: ignore[union-attr]
+            return self._staging.gather(name, values)  # type: ignore[arg-type]
         tensor = values[0] if len(values) == 1 else torch.cat(values)  # type: ignore[arg-type]
+        if self._move_to is None and tensor.is_cpu:
+            return tensor
         return tensor.to(self.executor.input_device, non_blocking=True)
 
     def _check_output(self, name: str, value: object, total: int) -> Value:
@@ -280,7 +308,9 @@ class InferenceEngine:
                 f"output '{name}' has shape {_shape_text(shape)}; the configuration declares "
                 f"{_shape_text(expected)}" + (" (-1: the batch dimension)" if batching else "")
             )
-        return value.detach().contiguous()
+        if value.requires_grad:
+            value = value.detach()
+        return value.contiguous()
 
     def _split(self, group: list[_Valid], outputs: dict[str, Value]) -> list[Outcome]:
         if self.config.batching and len(group) > 1:
@@ -288,7 +318,7 @@ class InferenceEngine:
             pieces: dict[str, list[Value]] = {}
             for name, value in outputs.items():
                 if isinstance(value, torch.Tensor):
-                    pieces[name] = list(torch.split(value, sizes))
+                    pieces[name] = list(value.split_with_sizes(sizes))
                 else:
                     starts = [sum(sizes[:i]) for i in range(len(sizes))]
                     pieces[name] = [value[s : s + n] for s, n in zip(starts, sizes)]

@@ -43,6 +43,8 @@ from .runtime.execution import (
 )
 from .runtime.report import EffectiveSettings, effective_lines
 from .runtime.settings import RuntimeSettings, apply_runtime_settings
+from .runtime.staging import PinnedStaging
+from .runtime.warmup import warm_up, warmup_buckets
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ def _build(
     args: InstanceArgs, config: ModelConfig, log: InstanceLog, registry: Registry | None
 ) -> Instance:
     params = _parameters(config, args, log)
+    buckets = warmup_buckets(config, params) if params.warmup else []
     device = resolve_instance_device(args.kind, args.device_id, config.name)
     activate_device(device)
     settings = apply_runtime_settings(params, config, device)
@@ -148,7 +151,9 @@ def _build(
     sticky = StickyErrorWatch() if _cuda_devices(device, executor) else None
     metrics, metrics_state = _metrics(registry, config, params, args, log, device, executor)
     hooks = _hooks(params, settings, device, executor, sticky, metrics)
-    engine = InferenceEngine(config, executor, hooks, log)
+    staging = _staging(executor)
+    engine = InferenceEngine(config, executor, hooks, log, staging)
+    _warm_up(config, kind, executor, hooks, buckets, log, staging)
     effective = EffectiveSettings(
         params,
         settings,
@@ -157,6 +162,7 @@ def _build(
         sharing,
         kind,
         metrics=metrics_state,
+        warmup=buckets,
     )
     for line in effective_lines(effective):
         log.info(line)
@@ -165,6 +171,41 @@ def _build(
     for line in executor.describe_bindings():
         log.info(line)
     return Instance(config, params, kind, device, executor, engine, log, shared, metrics, sticky)
+
+
+def _staging(executor: Executor) -> PinnedStaging | None:
+    """Pinned staging of CPU inputs where the executor takes them on a GPU."""
+    device = executor.input_device
+    return PinnedStaging(device) if device.type == "cuda" else None
+
+
+def _warm_up(
+    config: ModelConfig,
+    kind: ModelKind,
+    executor: Executor,
+    hooks: Hooks,
+    buckets: list[int | None],
+    log: InstanceLog,
+    staging: PinnedStaging | None = None,
+) -> None:
+    """``WARMUP``: run the buckets through an engine without metrics (:mod:`.runtime.warmup`)."""
+    if not buckets:
+        return
+    without_metrics = Hooks([h for h in hooks.hooks if not isinstance(h, MetricsHook)])
+    engine = InferenceEngine(config, executor, without_metrics, log, staging)
+    # A compiled module's watch would report the warm-up's graphs as recompilations.
+    watch = getattr(executor, "watch", None)
+    if watch is not None:
+        executor.watch = None  # type: ignore[attr-defined]
+    try:
+        shapes = executor.capabilities.warmup_shapes
+        seconds = warm_up(config, kind, buckets, shapes, engine.infer, log.info, log.warn)
+    finally:
+        if watch is not None:
+            watch.rebase()
+            executor.watch = watch  # type: ignore[attr-defined]
+    counters = executor.capabilities.counters
+    counters.warmup_seconds = (counters.warmup_seconds or 0.0) + seconds
 
 
 def _parameters(config: ModelConfig, args: InstanceArgs, log: InstanceLog) -> BackendParameters:

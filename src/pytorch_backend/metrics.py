@@ -115,7 +115,7 @@ WARMUP = MetricSpec(
     "pytorch_backend_warmup_seconds",
     MetricKind.GAUGE,
     "Time the load-time warm-up took",
-    exists="kinds that warm up at load",
+    exists="models that warm up at load (`WARMUP`, on by default)",
 )
 RECOMPILATIONS = MetricSpec(
     "pytorch_backend_recompilations_total",

@@ -37,6 +37,7 @@ try:
 
     from pytorch_backend import logs
     from pytorch_backend.autocomplete import complete_config
+    from pytorch_backend.dlpack import exportable
     from pytorch_backend.errors import (
         PyTorchBackendError,
         RequestCancelled,
@@ -202,7 +203,7 @@ class TritonPythonModel:
             if isinstance(value, list):
                 tensors.append(pb_utils.Tensor(name, encode_strings(value, [len(value)])))
             else:
-                tensors.append(pb_utils.Tensor.from_dlpack(name, value))
+                tensors.append(pb_utils.Tensor.from_dlpack(name, exportable(value)))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _error(self, error: PyTorchBackendError):

@@ -141,6 +141,8 @@ LOGGED_KEYS = (
     "MODULE_CLASS",
     "TORCH_COMPILE_OPTIONAL_PARAMETERS",
     "ENABLE_METRICS",
+    "WARMUP",
+    "WARMUP_BATCH_SIZES",
 )
 
 MANY_THREADS = 3  # INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT of "many"
@@ -336,7 +338,7 @@ def test_invalid_values_refused_at_load(server, model, fragments):
 
 def test_defaults_logged_one_line_per_setting(server):
     values = one_per_key(server.log_text(), "defaults", "defaults_0")
-    intra, inter = torch_default_threads()
+    _, inter = torch_default_threads()
     assert values["device"] == "cpu"
     assert values["INFERENCE_MODE"] == "true (grad policy: inference_mode)"
     assert values["ENABLE_GRAD"] == "false"
@@ -345,7 +347,10 @@ def test_defaults_logged_one_line_per_setting(server):
     assert values["ENABLE_NVFUSER"].startswith("not given")
     assert values["DISABLE_CUDNN"].startswith("false (cuDNN enabled")
     assert values["ENABLE_CACHE_CLEANING"] == "false"
-    assert values["INTRA_OP_THREAD_COUNT"] == f"{intra} (not given, torch default)"
+    default = max(1, available_cpus() - 1)  # one CPU left to the server
+    assert values["INTRA_OP_THREAD_COUNT"] == (
+        f"{default} (not given: ({available_cpus()} CPUs - 1 for the server) / 1 CPU instance)"
+    )
     assert values["INTER_OP_THREAD_COUNT"] == f"{inter} (not given, torch default)"
     assert values["ENABLE_WEIGHT_SHARING"] == "false"
     assert values["CUSTOM_OP_LIBRARIES"] == "none"
@@ -385,15 +390,16 @@ def threads_seen(protocol, server, model) -> list[list[int]]:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_thread_counts_inside_the_instance(server, protocol):
-    intra, inter = torch_default_threads()
-    assert threads_seen(protocol, server, "probe_default") == [[intra, inter]] * 2
+    _, inter = torch_default_threads()
+    default = max(1, available_cpus() - 1)  # not given: one CPU left to the server
+    assert threads_seen(protocol, server, "probe_default") == [[default, inter]] * 2
     assert threads_seen(protocol, server, "many") == [[MANY_THREADS, MANY_THREADS]] * 2
     assert threads_seen(protocol, server, "alias") == [list(ALIAS_THREADS)] * 2
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_default_thread_budget_split_between_cpu_instances(server, protocol):
-    budget = max(1, available_cpus() // 2)
+    budget = max(1, (available_cpus() - 1) // 2)
     _, inter = torch_default_threads()
     for _ in range(4):
         assert threads_seen(protocol, server, "budget") == [[budget, inter]] * 2
@@ -401,7 +407,7 @@ def test_default_thread_budget_split_between_cpu_instances(server, protocol):
     for instance in ("budget_0_0", "budget_0_1"):
         values = one_per_key(log, "budget", instance)
         assert values["INTRA_OP_THREAD_COUNT"] == (
-            f"{budget} (not given: {available_cpus()} CPUs / 2 CPU instances)"
+            f"{budget} (not given: ({available_cpus()} CPUs - 1 for the server) / 2 CPU instances)"
         )
 
 

@@ -272,13 +272,22 @@ def test_build_instance_labels_its_series_and_sets_the_load_time(tmp_path):
     registry = FakeRegistry()
     instance = build_instance(args(ts_repo(tmp_path), ts_config()), metrics=registry)
     assert 0 < registry.get(metrics.LOAD.name).value < 120
-    assert metrics.WARMUP.name not in registry.names()  # TorchScript does not warm up
+    assert 0 < registry.get(metrics.WARMUP.name).value < 120  # WARMUP defaults to true
     instance.infer([req(torch.ones(2, 2))])
     instance.responded(10)
     instance.close()  # flushes
     assert instance.metrics is None
     assert registry.get(metrics.ANSWERED.name).value == 1
     assert registry.count(metrics.RESPOND) == 1
+
+
+def test_warmup_false_sets_no_warmup_gauge(tmp_path):
+    registry = FakeRegistry()
+    config = ts_config()
+    config["parameters"] = {"WARMUP": {"string_value": "false"}}
+    instance = build_instance(args(ts_repo(tmp_path), config), metrics=registry)
+    assert metrics.WARMUP.name not in registry.names()
+    instance.close()
 
 
 def test_enable_metrics_false_creates_no_series_and_is_logged(tmp_path):

@@ -111,7 +111,7 @@ def test_thread_counts(key: str, field: str) -> None:
     assert getattr(parse({key: "4"})[0], field) == 4
     assert getattr(parse({key: " 8 "})[0], field) == 8
     assert getattr(parse({key: "016"})[0], field) == 16
-    assert getattr(parse({key: "0"})[0], field) is None  # 0 = torch's default
+    assert getattr(parse({key: "0"})[0], field) == 0  # 0 = torch's default
     for bad in ["-1", "4abc", "abc", "", "1.5", "+3", "2147483648", "1e3", "0x10"]:
         message = refused({key: bad})
         assert f"'{key}'" in message and repr(bad) in message and "'m'" in message
@@ -243,6 +243,7 @@ def test_every_known_key_parses_without_warning() -> None:
         "NUM_INTEROP_THREADS": "1",
         "FORCE_CPU_ONLY_INPUT_TENSORS": "yes",
         "EXECUTION_ENV_PATH": "env.tar.gz",
+        "WARMUP_BATCH_SIZES": "1,4",
     }
     raw = {key: values.get(key, "false") for key in KNOWN_KEYS}
     params, warnings = parse(raw)
@@ -259,7 +260,7 @@ def test_parameters_are_frozen() -> None:
 
 def test_registry_keys_are_unique_and_every_logged_key_has_a_describer() -> None:
     assert len(KNOWN_KEYS) == len(set(KNOWN_KEYS))
-    assert len(ALL_BOOL_KEYS) == 11
+    assert len(ALL_BOOL_KEYS) == 12
     logged = {p.key for p in PARAMETERS if p.logged}
     assert logged == set(DESCRIBERS)
     fields = {p.field for p in PARAMETERS if p.field is not None}

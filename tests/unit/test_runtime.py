@@ -18,7 +18,11 @@ from pytorch_backend.config.parameters import BackendParameters, parse_parameter
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.runtime.execution import execution_context
 from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
-from pytorch_backend.runtime.settings import apply_runtime_settings, cache_cleaning_applies
+from pytorch_backend.runtime.settings import (
+    apply_runtime_settings,
+    cache_cleaning_applies,
+    default_intra_op_threads,
+)
 from tests.custom_op import build_op_library
 
 CPU = torch.device("cpu")
@@ -156,11 +160,31 @@ def test_interop_too_late_is_reported_not_fatal() -> None:
 
 def test_default_thread_budget_with_several_cpu_instances() -> None:
     out = run_child({}, cpu_instances=3)
-    expected = max(1, out["cpus"] // 3)
+    expected = max(1, (out["cpus"] - 1) // 3)
     assert out["threads"] == expected
     assert out["settings"]["thread_budget"] == expected
     line = next(x for x in out["logs"] if "INTRA_OP_THREAD_COUNT" in x)
-    assert f"{out['cpus']} CPUs / 3 CPU instances" in line
+    assert line.endswith(
+        f"INTRA_OP_THREAD_COUNT = {expected} (not given: ({out['cpus']} CPUs - 1 for the server) "
+        "/ 3 CPU instances)"
+    )
+
+
+def test_default_threads_of_a_single_cpu_instance_leave_a_cpu_to_the_server() -> None:
+    out = run_child({})
+    expected = max(1, out["cpus"] - 1)
+    assert out["threads"] == expected == out["worker_threads"]
+    assert out["settings"]["thread_budget"] == expected
+    line = next(x for x in out["logs"] if "INTRA_OP_THREAD_COUNT" in x)
+    assert line.endswith(f"(not given: ({out['cpus']} CPUs - 1 for the server) / 1 CPU instance)")
+
+
+@pytest.mark.parametrize(
+    ("cpus", "instances", "threads"),
+    [(1, 1, 1), (2, 1, 1), (4, 1, 3), (16, 1, 15), (16, 3, 5), (2, 4, 1), (8, 0, 7)],
+)
+def test_default_intra_op_threads(cpus: int, instances: int, threads: int) -> None:
+    assert default_intra_op_threads(cpus, instances) == threads
 
 
 def test_explicit_thread_count_wins_over_budget() -> None:
@@ -168,7 +192,7 @@ def test_explicit_thread_count_wins_over_budget() -> None:
     assert out["threads"] == 2 and out["settings"]["thread_budget"] is None
 
 
-def test_single_cpu_instance_keeps_torch_default() -> None:
+def test_zero_threads_keep_torch_default() -> None:
     default = run_child({"INTRA_OP_THREAD_COUNT": "0"})
     assert default["settings"]["thread_budget"] is None
     baseline = subprocess.run(
@@ -201,6 +225,8 @@ EVERY_KEY = [
     "MODULE_CLASS",
     "TORCH_COMPILE_OPTIONAL_PARAMETERS",
     "ENABLE_METRICS",
+    "WARMUP",
+    "WARMUP_BATCH_SIZES",
 ]
 
 

@@ -54,6 +54,8 @@ class ModelConfig:
     instance_groups: tuple[InstanceGroup, ...] = ()
     dynamic_batching: bool = False
     sequence_batching: bool = False
+    #: ``dynamic_batching { preferred_batch_size: [...] }`` (empty when not given).
+    preferred_batch_sizes: tuple[int, ...] = ()
 
     @property
     def batching(self) -> bool:
@@ -112,6 +114,13 @@ def _string_parameters(model: str, raw: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def _preferred_batch_sizes(batching: Any) -> tuple[int, ...]:
+    if not isinstance(batching, Mapping):
+        return ()
+    sizes = batching.get("preferred_batch_size") or ()
+    return tuple(int(n) for n in (sizes if isinstance(sizes, (list, tuple)) else [sizes]))
+
+
 def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
     """Parse Triton's model config (the JSON string given to ``initialize`` or a dict)."""
     data: Mapping[str, Any] = json.loads(raw) if isinstance(raw, str) else raw
@@ -140,6 +149,7 @@ def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
         instance_groups=groups,
         dynamic_batching="dynamic_batching" in data and data["dynamic_batching"] is not None,
         sequence_batching="sequence_batching" in data and data["sequence_batching"] is not None,
+        preferred_batch_sizes=_preferred_batch_sizes(data.get("dynamic_batching")),
     )
     _validate(config)
     return config

@@ -28,6 +28,7 @@ from ..errors import ModelLoadError
 from .compile_options import CompileOptions, parse_compile_options
 from .enums import GradPolicy, ModelKind
 from .values import (
+    parse_batch_sizes,
     parse_bool,
     parse_class_name,
     parse_file_name,
@@ -70,6 +71,8 @@ class BackendParameters:
     module_filename: str | None = None
     module_class: str | None = None
     enable_metrics: bool = True
+    warmup: bool = True
+    warmup_batch_sizes: tuple[int, ...] | None = None
 
     @property
     def grad_policy(self) -> GradPolicy:
@@ -175,8 +178,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "INTRA_OP_THREAD_COUNT",
-        "`torch.set_num_threads(n)`. Unset and the model has several KIND_CPU instances: each "
-        "gets max(1, allowed CPUs ÷ CPU instances) instead of oversubscribing",
+        "`torch.set_num_threads(n)`; `0`: torch's default (one per CPU). Unset, a KIND_CPU "
+        "instance gets max(1, (allowed CPUs − 1) ÷ CPU instances): one CPU is left to the "
+        "server, and instances do not oversubscribe (see Threads)",
         "unset",
         "intra_op_thread_count",
         parse_thread_count,
@@ -241,8 +245,24 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_bool,
     ),
     Parameter(
+        "WARMUP",
+        "run every instance over its batch buckets on zeros at load, before the model is ready "
+        "(see Warm-up); `false`: the first requests pay for lazy initialisation",
+        "`true`",
+        "warmup",
+        parse_bool,
+    ),
+    Parameter(
+        "WARMUP_BATCH_SIZES",
+        'comma-separated batch sizes the warm-up runs (`"1,4,16"`), each at most `max_batch_size`',
+        "powers of two up to `max_batch_size`, `max_batch_size` and the preferred batch sizes",
+        "warmup_batch_sizes",
+        parse_batch_sizes,
+    ),
+    Parameter(
         "FORCE_CPU_ONLY_INPUT_TENSORS",
-        "read by Triton's Python backend itself",
+        'read by Triton\'s Python backend itself; `"no"`: inputs already on a GPU reach a GPU '
+        "instance where they are (no host round trip)",
         "",
         reader=PYTHON_BACKEND,
     ),

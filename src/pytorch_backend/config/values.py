@@ -33,15 +33,15 @@ def parse_bool(model: str, key: str, value: str) -> bool:
     raise _bad(model, key, value, "a boolean (true/false, on/off, 1/0)")
 
 
-def parse_thread_count(model: str, key: str, value: str) -> int | None:
-    """A non-negative decimal integer; ``0`` means "leave torch's default" (returns None)."""
+def parse_thread_count(model: str, key: str, value: str) -> int:
+    """A non-negative decimal integer; ``0`` means "leave torch's default"."""
     text = value.strip()
     if not _UINT_RE.fullmatch(text):
         raise _bad(model, key, value, "a non-negative integer (0 = torch's default)")
     number = int(text)
     if number > _INT_MAX:
         raise _bad(model, key, value, f"an integer no larger than {_INT_MAX}")
-    return number or None
+    return number
 
 
 def parse_library_list(model: str, key: str, value: str) -> tuple[str, ...]:
@@ -71,3 +71,11 @@ def parse_class_name(model: str, key: str, value: str) -> str:
     if not value.isidentifier():
         raise _bad(model, key, value, "a Python class name")
     return value
+
+
+def parse_batch_sizes(model: str, key: str, value: str) -> tuple[int, ...]:
+    """Comma-separated positive batch sizes (``"1,4,16"``), sorted and without repeats."""
+    parts = [p.strip() for p in value.split(",")]
+    if not parts or not all(_UINT_RE.fullmatch(p) and 0 < int(p) <= _INT_MAX for p in parts):
+        raise _bad(model, key, value, "comma-separated positive batch sizes, e.g. '1,4,16'")
+    return tuple(sorted({int(p) for p in parts}))

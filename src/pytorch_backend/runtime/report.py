@@ -7,14 +7,14 @@ describer here (a unit test checks it), so adding a parameter without its log li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..config import BackendParameters, ModelKind
 from ..config.parameters import BY_KEY, PARAMETERS
-from .settings import RuntimeSettings, available_cpus
+from .settings import SERVER_CPUS, RuntimeSettings, available_cpus
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class EffectiveSettings:
     weight_sharing: str  # the decision, as logged ("true", "false", "true, no effect: ...")
     kind: ModelKind | None = None  # the model kind served, when known
     metrics: str = "false"  # the decision, as logged ("true", "false", "true, no effect: ...")
+    warmup: Sequence[int | None] = ()  # the batch sizes warmed up at load (empty: none)
 
 
 def on_off(value: bool | None) -> str:
@@ -84,10 +85,17 @@ def _cache_cleaning(e: EffectiveSettings) -> str:
 
 def _intra(e: EffectiveSettings) -> str:
     threads = e.settings.intra_op_threads
+    if e.params.intra_op_thread_count == 0:
+        return f"{threads} (0 given: torch default)"
     if e.params.intra_op_thread_count is not None:
         return str(threads)
     if e.settings.thread_budget is not None:
-        return f"{threads} (not given: {available_cpus()} CPUs / {e.cpu_instances} CPU instances)"
+        instances = max(1, e.cpu_instances)
+        plural = "s" if instances > 1 else ""
+        return (
+            f"{threads} (not given: ({available_cpus()} CPUs - {SERVER_CPUS} for the server) "
+            f"/ {instances} CPU instance{plural})"
+        )
     return f"{threads} (not given, torch default)"
 
 
@@ -102,6 +110,20 @@ def _inter(e: EffectiveSettings) -> str:
 def _libraries(e: EffectiveSettings) -> str:
     libraries = e.params.custom_op_libraries
     return ", ".join(libraries) + " (loaded)" if libraries else "none"
+
+
+def _warmup(e: EffectiveSettings) -> str:
+    if not e.params.warmup:
+        return "false"
+    return "true" if e.warmup else "true, no effect: no batch sizes"
+
+
+def _warmup_sizes(e: EffectiveSettings) -> str:
+    sizes = ", ".join("as configured" if b is None else str(b) for b in e.warmup)
+    if not e.params.warmup:
+        return "no effect: WARMUP is false"
+    given = e.params.warmup_batch_sizes is not None
+    return f"[{sizes}]" + ("" if given else " (not given: powers of two, max, preferred)")
 
 
 def _for_kind(key: str, describe: Describer) -> Describer:
@@ -161,6 +183,8 @@ DESCRIBERS: Mapping[str, Describer] = {
         "TORCH_COMPILE_OPTIONAL_PARAMETERS", lambda e: e.params.torch_compile.describe()
     ),
     "ENABLE_METRICS": lambda e: e.metrics,
+    "WARMUP": _warmup,
+    "WARMUP_BATCH_SIZES": _warmup_sizes,
 }
 
 

@@ -29,7 +29,7 @@ class RuntimeSettings:
     optimized_execution: bool
     intra_op_threads: int
     inter_op_threads: int
-    thread_budget: int | None  # intra-op count derived from cores / CPU instances, when applied
+    thread_budget: int | None  # intra-op count derived from CPUs / CPU instances, when applied
     inter_op_refused: str | None  # why set_num_interop_threads did not take the value, if so
     cudnn_enabled: bool
     jit_executor: bool | None  # None: the JIT getter is unavailable in this torch
@@ -45,6 +45,22 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+#: CPUs the default intra-op budget leaves to tritonserver and the stub (request I/O, batching).
+SERVER_CPUS = 1
+
+
+def default_intra_op_threads(cpus: int, cpu_instances: int) -> int:
+    """The intra-op threads of a KIND_CPU instance when no thread parameter is given.
+
+    The instance shares the machine with tritonserver (gRPC/HTTP, the scheduler, shared-memory
+    copies) and with the model's other CPU instances: each gets an equal share of the CPUs left
+    after :data:`SERVER_CPUS`, at least one. torch's default (one thread per CPU, per process)
+    oversubscribes: measured through tritonserver on 2 CPUs at concurrency 16, 1 thread served
+    an MLP at 2.1x and a small CNN at 3x the throughput of torch's 2.
+    """
+    return max(1, (cpus - SERVER_CPUS) // max(1, cpu_instances))
 
 
 def cache_cleaning_applies(params: BackendParameters, device: torch.device | None) -> bool:
@@ -107,19 +123,17 @@ def apply_runtime_settings(
     # Custom ops first: the model's ops must be registered before it is loaded.
     load_custom_op_libraries(config.name, params.custom_op_libraries)
 
-    # Threads. The default budget avoids oversubscription when several CPU instances of one
-    # model each start a pool as large as the machine.
+    # Threads: see default_intra_op_threads; 0 keeps torch's default.
     budget: int | None = None
     intra = params.intra_op_thread_count
     is_cpu_instance = device is not None and device.type == "cpu"
-    cpu_instances = config.cpu_instance_count
-    if intra is None and is_cpu_instance and cpu_instances > 1:
-        budget = max(1, available_cpus() // cpu_instances)
+    if intra is None and is_cpu_instance:
+        budget = default_intra_op_threads(available_cpus(), config.cpu_instance_count)
         intra = budget
-    if intra is not None:
+    if intra:
         torch.set_num_threads(intra)
     inter_refused = None
-    if params.inter_op_thread_count is not None:
+    if params.inter_op_thread_count:
         try:
             torch.set_num_interop_threads(params.inter_op_thread_count)
         except RuntimeError as exc:

@@ -4,10 +4,11 @@ Loading:
 
 1. The file is classified first, so that a TorchScript archive, a ``torch.save`` checkpoint, an
    exported program without compiled code or garbage gets an error saying what it is.
-2. ``torch._inductor.aoti_load_package(path, device_index=...)`` loads the package (imported
-   lazily: the adapter fixes the locale before), with ``AOTI_RUNTIME_CHECK_INPUTS`` set so the
-   generated input checks stay on for this model (a wrong shape then fails cleanly instead of
-   reading out of bounds).
+2. ``torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, device_index)`` loads the
+   package directly (``torch._inductor.aoti_load_package`` wraps the same loader but first
+   imports ``torch._inductor`` and probes the host compiler, seconds per instance), with
+   ``AOTI_RUNTIME_CHECK_INPUTS`` set so the generated input checks stay on for this model (a
+   wrong shape then fails cleanly instead of reading out of bounds).
 3. The call spec is named (:mod:`.callspec`) and bound to the config names.
 4. The package is probed (:mod:`.probe`) for its batch range, dtypes and fixed dims.
 
@@ -107,14 +108,25 @@ def load_package(config: ModelConfig, path: Path, device: torch.device) -> tuple
         if index < 0 and key == "cuda":
             index = torch.cuda.current_device()
         input_device = torch.device(key, index)
-    # Lazy: the adapter fixes the locale before torch._inductor is imported.
-    from torch._inductor import aoti_load_package
-
     try:
-        compiled = aoti_load_package(str(path), device_index=index)
+        loader = _package_loader(str(path), index)
     except Exception as e:  # noqa: BLE001 - the loader raises RuntimeError and others
         raise config.error(f"failed to load AOT-Inductor package '{path}': {e}") from e
-    return compiled.loader, input_device
+    return loader, input_device
+
+
+def _package_loader(path: str, device_index: int) -> Any:
+    """The package's runner, built directly (no ``torch._inductor`` import, no compiler probe).
+
+    Arguments as ``torch._inductor.package.load_package``: model name, not single-threaded (the
+    runner may be called from any thread), one runner, the device index.
+    """
+    loader_type = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if loader_type is None:  # pragma: no cover - a torch without the AOTI runtime bindings
+        from torch._inductor import aoti_load_package
+
+        return aoti_load_package(path, device_index=device_index).loader
+    return loader_type(path, _MODEL_NAME, False, 1, device_index)
 
 
 @contextlib.contextmanager

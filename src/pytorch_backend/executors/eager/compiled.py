@@ -69,6 +69,10 @@ class CompileWatch:
 
         return int(counters["stats"]["unique_graphs"])
 
+    def rebase(self) -> None:
+        """Count the graphs compiled so far as compiled at load (after the instance warm-up)."""
+        self.at_load = self.seen = self.graphs()
+
     def check(self, inputs: Mapping[str, Value]) -> None:
         """Log a warning when the last forward compiled new graphs (a recompilation)."""
         now = self.graphs()
