@@ -50,7 +50,7 @@ def _served_row(totals, raw: dict[int, float]) -> dict:
     return row
 
 
-def _raw_row(raw: dict[int, float], concurrency: int) -> dict:
+def _raw_row(raw: dict[int, float], concurrency: int, by_threads: dict) -> dict:
     batch = min(concurrency, MAX_BATCH)
     seconds = raw[batch]
     return {
@@ -63,6 +63,9 @@ def _raw_row(raw: dict[int, float], concurrency: int) -> dict:
         "avg_batch": batch,
         "raw_forward_per_exec_ms": seconds * 1e3,
         "raw_forward_ms_by_batch": {str(b): s * 1e3 for b, s in sorted(raw.items())},
+        "raw_forward_ms_by_threads_and_batch": {
+            key: float(np.median(times)) * 1e3 for key, times in by_threads.items()
+        },
     }
 
 
@@ -70,7 +73,10 @@ def _block_rows(model: str, concurrency: int, totals: dict) -> list[dict]:
     raw = _raw_medians(totals["raw"].raw)
     rows = {}
     for variant in totals:
-        body = _raw_row(raw, concurrency) if variant == "raw" else _served_row(totals[variant], raw)
+        if variant == "raw":
+            body = _raw_row(raw, concurrency, totals["raw"].raw_by_threads)
+        else:
+            body = _served_row(totals[variant], raw)
         rows[variant] = {
             "model": model,
             "concurrency": concurrency,
@@ -273,12 +279,16 @@ def plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
     for column, model in enumerate(models):
         rows = [r for r in report["results"] if r["model"] == model]
-        for variant in report["settings"]["variants"]:
+        for index, variant in enumerate(report["settings"]["variants"]):
             mine = sorted(
                 (r for r in rows if r["variant"] == variant), key=lambda r: r["concurrency"]
             )
             xs = [r["concurrency"] for r in mine]
-            style = {"marker": "o", "linestyle": "--" if variant in ("raw", "empty") else "-"}
+            style = {
+                "marker": "o",
+                "color": f"C{index}",
+                "linestyle": "--" if variant in ("raw", "empty") else "-",
+            }
             axes[0][column].plot(xs, [r["throughput"] for r in mine], label=variant, **style)
             if variant != "raw":
                 axes[1][column].plot(xs, [r["p99_ms"] for r in mine], label=variant, **style)
@@ -286,9 +296,11 @@ def plot(report: dict, path: Path) -> None:
         axes[0][column].set_ylabel("inferences / s")
         axes[1][column].set_title(f"{model.upper()}: p99 latency")
         axes[1][column].set_ylabel("ms")
-        axes[1][column].set_yscale("log")
+        concurrencies = report["settings"]["concurrency"]
         for ax in (axes[0][column], axes[1][column]):
+            ax.set_yscale("log")
             ax.set_xscale("log", base=2)
+            ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
             ax.set_xlabel("concurrency")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
