@@ -161,6 +161,8 @@ DESCRIBERS: Mapping[str, Describer] = {
         "TORCH_COMPILE_OPTIONAL_PARAMETERS", lambda e: e.params.torch_compile.describe()
     ),
     "ENABLE_METRICS": lambda e: e.metrics,
+    "STOP_SERVER_ON_STICKY_ERROR": lambda e: on_off(e.params.stop_server_on_sticky_error),
+    "ENABLE_CANCELLATION_CHECK": lambda e: on_off(e.params.enable_cancellation_check),
 }
 
 
