@@ -23,7 +23,7 @@ import pytest
 import torch
 import tritonclient.http as httpclient
 
-from pytorch_backend.runtime.weight_sharing import PREFIX, file_stem, weights_key
+from pytorch_backend.runtime.weight_sharing import PREFIX, Owner, file_stem, weights_key
 from tests.client_utils import InferenceServerException, client, make_inputs, write_model
 
 MODEL = "ws_reload"
@@ -200,14 +200,16 @@ def test_unload_and_reload_under_load_leaves_nothing_behind(triton, tmp_path):
     torch.jit.script(module).save(str(artifact))
     repo = tmp_path / "repo"
     write_model(repo, MODEL, CONFIG, {"1/model.pt": artifact})
-    # The instances name their file after this key (model, version, artifact path and stat).
-    stem = file_stem(weights_key(MODEL, "1", repo / MODEL / "1" / "model.pt"))
+    running = triton(repo, extra_args=("--model-control-mode=explicit",))
+    server_pid = running.server.pid
+    # The instances name their file after this key (model, version, artifact path and stat)
+    # and their server.
+    key = weights_key(MODEL, "1", repo / MODEL / "1" / "model.pt")
+    stem = file_stem(key, Owner.of(server_pid))
 
     def model_files() -> list[str]:
         return sorted(p.name for p in SHM.glob(f"{stem}*"))
 
-    running = triton(repo, extra_args=("--model-control-mode=explicit",))
-    server_pid = running.server.pid
     control = httpclient.InferenceServerClient(
         running.http_url, connection_timeout=DEADLINE, network_timeout=DEADLINE
     )
