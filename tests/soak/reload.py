@@ -86,8 +86,12 @@ def cycle(http_url: str, client: httpclient.InferenceServerClient, server_pid: i
     }
 
 
-def run(http_url: str, server_pid: int, cycles: int, log=print) -> dict:
-    """``cycles`` cycles; the curve and its first, last and largest values."""
+def run(
+    http_url: str, server_pid: int, cycles: int, log=print, minutes: float | None = None
+) -> dict:
+    """``cycles`` cycles (fewer if ``minutes`` run out first); the curve and its first, last and
+    largest values."""
+    deadline = time.monotonic() + 60 * minutes if minutes else None
     client = httpclient.InferenceServerClient(
         http_url, connection_timeout=300.0, network_timeout=300.0
     )
@@ -101,6 +105,8 @@ def run(http_url: str, server_pid: int, cycles: int, log=print) -> dict:
             row = {"cycle": number, **cycle(http_url, client, server_pid)}
             curve.append(row)
             log(json.dumps(row))
+            if deadline is not None and time.monotonic() > deadline:
+                break
     finally:
         client.close()
     return summarize(curve)
@@ -146,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=50)
+    parser.add_argument("--minutes", type=float, help="stop after the cycle that ends past this")
     parser.add_argument("--rss-slack", type=float, default=32.0, help="MiB")
     parser.add_argument("--fd-slack", type=int, default=2)
     parser.add_argument("--csv", type=Path)
@@ -162,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         with server:
             server.wait_ready(timeout=600)
-            summary = run(f"localhost:{http}", server.pid, args.cycles, log=lambda _: None)
+            summary = run(
+                f"localhost:{http}", server.pid, args.cycles,
+                log=lambda row: print(row, file=sys.stderr, flush=True), minutes=args.minutes,
+            )  # fmt: skip
         summary["server_exit_code"] = server.returncode
     summary["failures"] = failures(summary, args.rss_slack, args.fd_slack)
     if summary["server_exit_code"] != 0:
