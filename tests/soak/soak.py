@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cancel-rate", type=float, default=0.01)
     parser.add_argument("--rss-growth", type=float, default=5.0, help="limit, percent")
     parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--server-log", type=Path, help="keep the server's log here")
     parser.add_argument("--ports", type=int, nargs=3, default=(18500, 18501, 18502))
     args = parser.parse_args(argv)
     if not args.seconds and not args.requests:
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         http, grpc, metrics = args.ports
         server = TritonServer(
             repo, http_port=http, grpc_port=grpc, metrics_port=metrics, strip_locale=True,
-            log=Path(tmp) / "server.log", extra_args=("--exit-timeout-secs=10",),
+            log=args.server_log or Path(tmp) / "server.log", extra_args=("--exit-timeout-secs=10",),
         )  # fmt: skip
         with server:
             server.wait_ready(timeout=600)
