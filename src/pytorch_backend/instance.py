@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ from .runtime.execution import (
     GradPolicyHook,
     StickyErrorWatch,
     StreamHook,
+    stop_server,
+    unavailable_message,
 )
 from .runtime.report import EffectiveSettings, effective_lines
 from .runtime.settings import RuntimeSettings, apply_runtime_settings
@@ -88,15 +90,17 @@ class Instance:
     log: InstanceLog
     shared_weights: Any | None = None  # runtime.weight_sharing.SharedWeightsInfo
     metrics: MetricsHook | None = None  # None: ENABLE_METRICS false or no metrics API
-    sticky: StickyErrorWatch | None = None  # CUDA instances only
+    sticky: StickyErrorWatch | None = None
+
+    @property
+    def ready(self) -> bool:
+        """False once a sticky CUDA error made the instance unusable (``is_ready``)."""
+        return self.sticky is None or self.sticky.error is None
 
     def infer(self, requests: Sequence[RequestInputs | PyTorchBackendError]) -> list[Outcome]:
         if self.sticky is not None and self.sticky.error is not None:
-            error = Unavailable(
-                f"a sticky CUDA error ({self.sticky.error}) left this instance's CUDA context "
-                "unusable; restart the server"
-            )
-            requests = [error] * len(requests)
+            error = Unavailable(unavailable_message(self.sticky.error))
+            requests = [r if isinstance(r, PyTorchBackendError) else error for r in requests]
         return self.engine.infer(requests)
 
     def responded(self, nanoseconds: int) -> None:
@@ -148,7 +152,7 @@ def _build(
     shared, sharing = _share_weights(
         params, args, kind, path, device, executor, log, config.cpu_instance_count
     )
-    sticky = StickyErrorWatch() if _cuda_devices(device, executor) else None
+    sticky = StickyErrorWatch(_on_sticky_error(params, log), _cuda_devices(device, executor))
     metrics, metrics_state = _metrics(registry, config, params, args, log, device, executor)
     hooks = _hooks(params, settings, device, executor, sticky, metrics)
     staging = _staging(executor)
@@ -253,6 +257,20 @@ def _share_weights(
     return None, f"true, no effect: {reason}"
 
 
+def _on_sticky_error(params: BackendParameters, log: InstanceLog) -> Callable[[str], None]:
+    """What the instance does, once, when a forward hits a sticky CUDA error."""
+
+    def react(error: str) -> None:
+        log.error(
+            f"sticky CUDA error: {error}. This process's CUDA context is unusable: the instance "
+            "reports not ready and answers UNAVAILABLE from now on"
+        )
+        if params.stop_server_on_sticky_error:
+            stop_server(log.error)
+
+    return react
+
+
 def _cuda_devices(device: torch.device | None, executor: Executor) -> tuple[torch.device, ...]:
     devices = (device,) if device is not None else executor.capabilities.devices
     return tuple(d for d in devices if d.type == "cuda")
@@ -292,7 +310,7 @@ def _hooks(
     metrics: MetricsHook | None = None,
 ) -> Hooks:
     # The sticky-error watch is outermost: errors surface at the stream's synchronisation too.
-    hooks: list[Hook] = [sticky] if sticky is not None else []
+    hooks: list[Hook] = [sticky] if sticky is not None else []  # every instance has one
     # KIND_MODEL: one stream per GPU the model's tensors live on (none on CPU).
     stream = InstanceStream(device if device is not None else executor.capabilities.devices)
     if stream.enabled:
@@ -301,7 +319,7 @@ def _hooks(
     if settings.cache_cleaning:
         hooks.append(CacheCleaningHook())
     if metrics is not None:  # last: it reads CUDA memory after the cache was cleaned
-        if sticky is not None:
+        if sticky is not None and sticky.devices:  # the series exists for GPU instances
             metrics.watch_sticky_error(lambda: sticky.error is not None)
         hooks.append(metrics)
     return Hooks(hooks)

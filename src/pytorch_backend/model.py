@@ -120,6 +120,12 @@ class _TritonMetrics:
         self._families.clear()  # after the instance dropped its series, as the API requires
 
 
+def _cancelled(request) -> bool:
+    """``request.is_cancelled()`` (Python backend 23.10+; False where it does not exist)."""
+    is_cancelled = getattr(request, "is_cancelled", None)
+    return is_cancelled is not None and bool(is_cancelled())
+
+
 class TritonPythonModel:
     """One model instance: load at ``initialize``, serve batches at ``execute``."""
 
@@ -152,6 +158,7 @@ class TritonPythonModel:
             failure = error
         else:
             self._strings = {s.name for s in self._instance.config.inputs if s.is_string}
+            self._check_cancelled = self._instance.params.enable_cancellation_check
             if self._instance.metrics is not None:
                 self._instance.metrics.start()  # flushes to the server from a background thread
             return
@@ -172,6 +179,14 @@ class TritonPythonModel:
             error = self._error(PyTorchBackendError(message))
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
 
+    def is_ready(self) -> bool:
+        """Readiness (Python backends with user readiness checks, 26.x; older ones never call
+        it): False once a sticky CUDA error made this instance unusable."""
+        instance = getattr(self, "_instance", None)
+        return instance is not None and instance.ready
+
+    is_model_ready = is_ready  # the name some Python backend releases look up
+
     def finalize(self) -> None:
         instance = getattr(self, "_instance", None)
         if instance is not None:
@@ -180,6 +195,8 @@ class TritonPythonModel:
             self._metrics.close()
 
     def _request_inputs(self, request) -> RequestInputs | PyTorchBackendError:
+        if self._check_cancelled and _cancelled(request):
+            return RequestCancelled("the client cancelled the request before it ran")
         inputs = {}
         try:
             for tensor in request.inputs():

@@ -10,12 +10,8 @@ behind. The only waits are generous deadlines; nothing asserts on timing.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +19,10 @@ import pytest
 import torch
 import tritonclient.http as httpclient
 
-from pytorch_backend.runtime.weight_sharing import PREFIX, file_stem, weights_key
+from pytorch_backend.runtime.weight_sharing import Owner, file_stem, weights_key
+from tests import server_procs as procs
 from tests.client_utils import InferenceServerException, client, make_inputs, write_model
+from tests.server_procs import diagnose, mapped_weight_files, server_stubs
 
 MODEL = "ws_reload"
 CYCLES = 8
@@ -66,56 +64,7 @@ parameters {{ key: "ENABLE_WEIGHT_SHARING" value: {{ string_value: "true" }} }}
 
 def model_stubs(server_pid: int, repo: Path) -> dict[int, str]:
     """``{pid: instance name}`` of the server's Python-backend stubs serving MODEL."""
-    script = str(repo / MODEL / "1" / "model.py").encode()
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        ppid = re.search(r"^PPid:\s+(\d+)", status, re.M)
-        if (
-            ppid is not None
-            and int(ppid[1]) == server_pid
-            and argv[0].endswith(b"triton_python_backend_stub")
-            and len(argv) > 8
-            and argv[1] == script
-        ):
-            found[int(entry)] = argv[8].decode(errors="replace")
-    return found
-
-
-def mapped_weight_files(pid: int) -> set[str]:
-    """Paths of shared weights files a process maps (``(deleted)`` marks an unlinked one)."""
-    try:
-        maps = Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return set()
-    return {line.split(None, 5)[-1] for line in maps.splitlines() if PREFIX in line}
-
-
-def diagnose(pids) -> str:
-    """Where stuck processes are: kernel wait channel and, if py-spy is installed, Python stacks."""
-    spy = shutil.which("py-spy")
-    parts = []
-    for pid in pids:
-        try:
-            wchan = Path(f"/proc/{pid}/wchan").read_text()
-        except OSError:
-            wchan = "?"
-        parts.append(f"--- pid {pid} wchan={wchan}")
-        if spy:
-            try:
-                done = subprocess.run(
-                    [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60
-                )
-                parts.append(done.stdout + done.stderr)
-            except (OSError, subprocess.SubprocessError) as exc:
-                parts.append(f"py-spy failed: {exc}")
-    return "\n".join(parts)
+    return server_stubs(server_pid, repo / MODEL / "1" / "model.py")
 
 
 def model_state(running) -> str | None:
@@ -127,11 +76,10 @@ def model_state(running) -> str | None:
 
 
 def wait_for(condition, what: str, details=lambda: "") -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {DEADLINE:g} s\n{details()}", pytrace=False)
-        time.sleep(0.2)
+    try:
+        procs.wait_for(condition, what, details, DEADLINE)
+    except procs.WaitTimeout as timeout:
+        pytest.fail(str(timeout), pytrace=False)
 
 
 class Load:
@@ -200,14 +148,16 @@ def test_unload_and_reload_under_load_leaves_nothing_behind(triton, tmp_path):
     torch.jit.script(module).save(str(artifact))
     repo = tmp_path / "repo"
     write_model(repo, MODEL, CONFIG, {"1/model.pt": artifact})
-    # The instances name their file after this key (model, version, artifact path and stat).
-    stem = file_stem(weights_key(MODEL, "1", repo / MODEL / "1" / "model.pt"))
+    running = triton(repo, extra_args=("--model-control-mode=explicit",))
+    server_pid = running.server.pid
+    # The instances name their file after this key (model, version, artifact path and stat)
+    # and their server.
+    key = weights_key(MODEL, "1", repo / MODEL / "1" / "model.pt")
+    stem = file_stem(key, Owner.of(server_pid))
 
     def model_files() -> list[str]:
         return sorted(p.name for p in SHM.glob(f"{stem}*"))
 
-    running = triton(repo, extra_args=("--model-control-mode=explicit",))
-    server_pid = running.server.pid
     control = httpclient.InferenceServerClient(
         running.http_url, connection_timeout=DEADLINE, network_timeout=DEADLINE
     )

@@ -19,6 +19,7 @@ import torch
 from pytorch_backend.runtime import weight_sharing
 from pytorch_backend.runtime.weight_sharing import (
     PREFIX,
+    Owner,
     SharedWeightsInfo,
     file_stem,
     share_module_weights,
@@ -363,7 +364,8 @@ def test_files_outlive_a_crash_and_are_swept(tmp_path: Path) -> None:
         leftover = crash("c.pt", 16)
         assert len(leftover) == 2
         lines, log = logs()
-        assert sweep(shm, log) == 1
+        # the children's server is this process (their parent), as tritonserver is a stub's
+        assert sweep(shm, log, owner=Owner.of(os.getpid())) == 1
         assert files(shm) == held
         assert any("removed unused shared weights file" in x for x in lines)
     finally:
@@ -490,10 +492,12 @@ def test_holders_killed_before_all_mapped_are_swept_at_the_next_load(tmp_path: P
     stale = files(shm)
     assert len(stale) == 2  # killed before the second instance mapped it: nobody holds it now
 
-    # The next load of the same model (a restarted instance) sweeps it and starts over.
+    # The next load of the same model (a restarted instance of the same server: the child's
+    # parent, this process) sweeps it and starts over.
     module = torch.jit.load(str(model))
     lines, log = logs()
-    info = share_module_weights(module, "big|1|" + str(model), log, shm, instances=2)
+    server = Owner.of(os.getpid())
+    info = share_module_weights(module, "big|1|" + str(model), log, shm, instances=2, owner=server)
     assert any("removed unused shared weights file" in x for x in lines)
     assert info.created and not info.unlinked
     assert len(files(shm)) == 2

@@ -73,6 +73,8 @@ class BackendParameters:
     enable_metrics: bool = True
     warmup: bool = True
     warmup_batch_sizes: tuple[int, ...] | None = None
+    stop_server_on_sticky_error: bool = False
+    enable_cancellation_check: bool = True
 
     @property
     def grad_policy(self) -> GradPolicy:
@@ -280,6 +282,27 @@ PARAMETERS: tuple[Parameter, ...] = (
         "torch_compile",
         parse_compile_options,
         COMPILED_KINDS,
+    ),
+)
+
+PARAMETERS += (
+    Parameter(
+        "STOP_SERVER_ON_STICKY_ERROR",
+        "after a sticky CUDA error (illegal address, device-side assert...; not out of memory) "
+        "the instance SIGTERMs its tritonserver so a supervisor restarts it with fresh CUDA "
+        "contexts (see Readiness); `false`: it only reports not ready and answers UNAVAILABLE",
+        "`false`",
+        "stop_server_on_sticky_error",
+        parse_bool,
+    ),
+    Parameter(
+        "ENABLE_CANCELLATION_CHECK",
+        "ask Triton, per request, whether the client cancelled it before the batch is gathered "
+        "(one round trip to the server each, 25–90 µs here); cancelled ones are answered "
+        "CANCELLED and not computed. `false`: skip the check",
+        "`true`",
+        "enable_cancellation_check",
+        parse_bool,
     ),
 )
 

@@ -185,6 +185,8 @@ DESCRIBERS: Mapping[str, Describer] = {
     "ENABLE_METRICS": lambda e: e.metrics,
     "WARMUP": _warmup,
     "WARMUP_BATCH_SIZES": _warmup_sizes,
+    "STOP_SERVER_ON_STICKY_ERROR": lambda e: on_off(e.params.stop_server_on_sticky_error),
+    "ENABLE_CANCELLATION_CHECK": lambda e: on_off(e.params.enable_cancellation_check),
 }
 
 

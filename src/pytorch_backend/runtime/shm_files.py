@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = "pytorch_backend_w_"
@@ -29,11 +30,60 @@ def weights_key(model_name: str, version: str | int, artifact: str | os.PathLike
     return f"{model_name}|{version}|{path}|{stat.st_mtime_ns}|{stat.st_size}"
 
 
-def file_stem(key: str) -> str:
-    """File name stem for ``key``: readable model-name part plus a hash of key and user id."""
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or None if there is no such one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; fields after ')' start at 3
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The server a weights file belongs to: its pid and start time (a reused pid differs)."""
+
+    pid: int
+    start: int  # 0: unknown (no /proc)
+
+    @classmethod
+    def of(cls, pid: int) -> Owner:
+        return cls(pid, _start_time(pid) or 0)
+
+    @property
+    def tag(self) -> str:
+        return f"o{self.pid}-{self.start}"
+
+    def alive(self) -> bool:
+        """Whether the owning process still runs (the same process, not a reuse of its pid)."""
+        if self.start == 0:
+            return _pid_alive(self.pid)
+        return _start_time(self.pid) == self.start
+
+
+def server_owner() -> Owner:
+    """This process's server: a stub's parent is the tritonserver that started it."""
+    return Owner.of(os.getppid())
+
+
+_OWNER_TAG = re.compile(r"_o(\d+)-(\d+)\.(?:lock|weights)$")
+
+
+def file_owner(path: Path) -> Owner | None:
+    """The owner named in a weights or lock file's name (None: a name without one)."""
+    match = _OWNER_TAG.search(path.name)
+    return Owner(int(match[1]), int(match[2])) if match else None
+
+
+def file_stem(key: str, owner: Owner | None = None) -> str:
+    """File name stem for ``key``: readable model-name part, a hash of key and user id, and the
+    owning server (default :func:`server_owner`), so one server's files never shadow another's."""
     readable = re.sub(r"[^A-Za-z0-9_.-]", "_", key.split("|", 1)[0])[:40]
     digest = hashlib.sha256(f"{os.getuid()}|{key}".encode()).hexdigest()[:24]
-    return f"{PREFIX}{readable}_{digest}"
+    return f"{PREFIX}{readable}_{digest}_{(owner or server_owner()).tag}"
 
 
 def _lock(path: Path, timeout: float = 0.0) -> int | None:
@@ -146,18 +196,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep(directory: Path, log: Callable[[str], None], keep: Path | None = None) -> int:
+def sweep(
+    directory: Path,
+    log: Callable[[str], None],
+    keep: Path | None = None,
+    owner: Owner | None = None,
+) -> int:
     """Delete weights files of this backend in ``directory`` that no live process holds.
 
-    A file is provably stale when its lock can be had at once and nobody holds a shared lock on
-    it (the kernel drops those when a process dies). Lock files without a weights file and
-    temporary files of dead writers go too. Never waits; skips what it cannot check.
-    Returns the number of weights files deleted; ``log`` is called after every lock is released.
+    Only files of ``owner`` (default: this process's server) or of a server that is gone are
+    considered: another live server's files are never touched, even while none of its instances
+    holds them (between a stub's death and its replacement, say). A considered file is provably
+    stale when its lock can be had at once and nobody holds a shared lock on it (the kernel drops
+    those when a process dies). Lock files without a weights file and temporary files of dead
+    writers go too. Never waits; skips what it cannot check. Returns the number of weights files
+    deleted; ``log`` is called after every lock is released.
     """
+    owner = owner or server_owner()
     removed: list[Path] = []
     for lock_path in sorted(directory.glob(f"{PREFIX}*.lock")):
         if keep is not None and lock_path == keep:
             continue
+        named = file_owner(lock_path)
+        if named is not None and named != owner and named.alive():
+            continue  # another server's, and that server still runs
         try:
             fd = _lock(lock_path)
         except OSError:  # e.g. another user's file

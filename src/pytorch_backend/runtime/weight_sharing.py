@@ -26,9 +26,11 @@ Protocol (``L`` = ``<name>.lock``, ``D`` = ``<name>.weights``, one pair per key)
 * :meth:`SharedWeightsInfo.release` (call it from ``finalize``; it also runs at interpreter exit)
   drops the reference and deletes ``D`` and ``L`` when no other instance holds ``D`` (the case of
   a model whose instances did not all map it). It never blocks without a bound;
-* every load first sweeps the directory: weights files that no live process holds (their holders
-  all died, e.g. SIGKILLed before the count was reached) are deleted, its own key's included, as
-  are lock files without a weights file and temporary files of dead writers.
+* file names carry the owning server (the stub's parent tritonserver: pid and start time), so
+  two servers never share or delete each other's files; every load first sweeps the directory:
+  weights files of its own server or of a server that is gone that no live process holds (their
+  holders all died, e.g. SIGKILLed before the count was reached) are deleted, its own key's
+  included, as are lock files without a weights file and temporary files of dead writers.
 
 Instances map ``D`` copy-on-write (``MAP_PRIVATE``): a model that writes into its own buffers
 (a stateful model, which upstream warns against sharing) only un-shares the pages it writes and
@@ -61,6 +63,7 @@ from .shm_files import (  # noqa: F401 - _HOLDERS, _release_all, _unused: used b
     _HOLDERS,
     PREFIX,
     RELEASE_TIMEOUT,
+    Owner,
     _count_mapping,
     _Holder,
     _lock,
@@ -71,6 +74,7 @@ from .shm_files import (  # noqa: F401 - _HOLDERS, _release_all, _unused: used b
     _share_lock,
     _unused,
     file_stem,
+    server_owner,
     sweep,
     weights_key,
 )
@@ -268,6 +272,7 @@ def share_module_weights(
     instances: int | None = None,
     warn: Callable[[str], None] | None = None,
     lock_timeout: float = LOCK_TIMEOUT,
+    owner: Owner | None = None,
 ) -> SharedWeightsInfo:
     """Back the CPU tensors of ``module`` (nn.Module or ScriptModule) by a file shared by key.
 
@@ -278,7 +283,8 @@ def share_module_weights(
     maps it last unlinks it, so nothing is left behind however the instances end. ``None`` keeps
     the file until the last :meth:`~SharedWeightsInfo.release`. If the file cannot be written
     (e.g. ``/dev/shm`` is full) or its lock not had within ``lock_timeout`` seconds, the weights
-    stay private and ``warn`` (default ``log``) says why; the load does not fail.
+    stay private and ``warn`` (default ``log``) says why; the load does not fail. ``owner``: the
+    server the file belongs to (default: this process's parent, the tritonserver).
     """
     warn = warn or log
     plan = _plan(module)
@@ -293,7 +299,8 @@ def share_module_weights(
         instances = None
 
     directory = Path(directory)
-    stem = file_stem(key)
+    owner = owner or server_owner()  # files are named after their server (see sweep)
+    stem = file_stem(key, owner)
     data_path = directory / f"{stem}.weights"
     lock_path = directory / f"{stem}.lock"
     if not directory.is_dir():
@@ -301,7 +308,7 @@ def share_module_weights(
         return SharedWeightsInfo(None, 0, False, 0, skipped)
     # Before taking our lock (sweep never waits). Our own key too: a weights file nobody holds
     # any more is rewritten rather than reused, so the mapping count restarts with it.
-    sweep(directory, log)
+    sweep(directory, log, owner=owner)
     manifest = plan.manifest(key)
     created = unlinked = False
     notes: list[str] = []  # logged once the lock is released: never call out while holding it
