@@ -43,6 +43,7 @@ from .runtime.execution import (
 )
 from .runtime.report import EffectiveSettings, effective_lines
 from .runtime.settings import RuntimeSettings, apply_runtime_settings
+from .runtime.trust import check_model_files
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,8 @@ def _build(
     args: InstanceArgs, config: ModelConfig, log: InstanceLog, registry: Registry | None
 ) -> Instance:
     params = _parameters(config, args, log)
+    if params.refuse_writable_model_directory:
+        check_model_files(config.name, args.model_dir, args.version_dir)
     device = resolve_instance_device(args.kind, args.device_id, config.name)
     activate_device(device)
     settings = apply_runtime_settings(params, config, device)

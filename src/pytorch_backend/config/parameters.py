@@ -70,6 +70,7 @@ class BackendParameters:
     module_filename: str | None = None
     module_class: str | None = None
     enable_metrics: bool = True
+    refuse_writable_model_directory: bool = False
 
     @property
     def grad_policy(self) -> GradPolicy:
@@ -238,6 +239,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`false`: none are created",
         "`true`",
         "enable_metrics",
+        parse_bool,
+    ),
+    Parameter(
+        "REFUSE_WRITABLE_MODEL_DIRECTORY",
+        "`true`: fail the load when the model or version directory, the artifact or another file "
+        "of the version directory is world-writable (see Trust)",
+        "`false`",
+        "refuse_writable_model_directory",
         parse_bool,
     ),
     Parameter(

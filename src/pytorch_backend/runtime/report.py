@@ -161,6 +161,7 @@ DESCRIBERS: Mapping[str, Describer] = {
         "TORCH_COMPILE_OPTIONAL_PARAMETERS", lambda e: e.params.torch_compile.describe()
     ),
     "ENABLE_METRICS": lambda e: e.metrics,
+    "REFUSE_WRITABLE_MODEL_DIRECTORY": lambda e: on_off(e.params.refuse_writable_model_directory),
 }
 
 

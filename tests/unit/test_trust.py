@@ -1,0 +1,46 @@
+"""REFUSE_WRITABLE_MODEL_DIRECTORY: world-writable model files fail the load, before any runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytorch_backend.errors import ModelLoadError
+from pytorch_backend.runtime.trust import check_model_files
+from tests.unit.test_instance import build, settings_logged, ts_config, ts_repo
+
+REFUSE = {"parameters": {"REFUSE_WRITABLE_MODEL_DIRECTORY": {"string_value": "true"}}}
+
+
+@pytest.mark.parametrize("target", ["model_dir", "version_dir", "artifact", "other_file"])
+def test_a_world_writable_path_fails_the_load_naming_it(tmp_path, target):
+    model_dir = ts_repo(tmp_path)
+    for path in (model_dir, model_dir / "1"):
+        path.chmod(0o755)
+    (model_dir / "1" / "model.pt").chmod(0o644)
+    (model_dir / "1" / "notes.txt").write_text("x")
+    paths = {
+        "model_dir": model_dir,
+        "version_dir": model_dir / "1",
+        "artifact": model_dir / "1" / "model.pt",
+        "other_file": model_dir / "1" / "notes.txt",
+    }
+    build(model_dir, ts_config(**REFUSE))[0].close()  # private modes: loads
+    paths[target].chmod(0o777 if paths[target].is_dir() else 0o666)
+    with pytest.raises(ModelLoadError) as info:
+        build(model_dir, ts_config(**REFUSE))
+    text = str(info.value)
+    assert text.startswith("model 'm': REFUSE_WRITABLE_MODEL_DIRECTORY is true and ")
+    assert f"'{paths[target]}' (mode 7" in text or f"'{paths[target]}' (mode 6" in text
+    assert "world-writable; expected model files and directories" in text
+    # without the parameter the same files load (the default is off)
+    instance, sink = build(model_dir, ts_config())
+    assert settings_logged(sink)["REFUSE_WRITABLE_MODEL_DIRECTORY"] == "false"
+    instance.close()
+
+
+def test_every_offending_path_is_listed(tmp_path):
+    model_dir = ts_repo(tmp_path)
+    (model_dir / "1").chmod(0o777)
+    (model_dir / "1" / "model.pt").chmod(0o666)
+    with pytest.raises(ModelLoadError, match=r"'.*/1' \(mode 777\), '.*model\.pt' \(mode 666\)"):
+        check_model_files("m", model_dir, model_dir / "1")
