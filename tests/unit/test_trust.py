@@ -57,10 +57,13 @@ def test_every_torch_load_in_the_package_reads_weights_only():
     for source in Path(pytorch_backend.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
             func = getattr(node, "func", None)
-            if isinstance(func, ast.Attribute) and func.attr == "load":
-                if isinstance(func.value, ast.Name) and func.value.id == "torch":
-                    keywords = {k.arg: k.value for k in node.keywords}
-                    flag = keywords.get("weights_only")
-                    calls.append((source.name, isinstance(flag, ast.Constant) and flag.value))
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr == "load"
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "torch"
+            ):
+                flag = {k.arg: k.value for k in node.keywords}.get("weights_only")
+                calls.append((source.name, isinstance(flag, ast.Constant) and flag.value))
     assert calls, "no torch.load found: the scan is broken"
     assert all(ok is True for _, ok in calls), calls
