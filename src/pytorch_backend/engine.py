@@ -2,9 +2,10 @@
 
 Each request is validated on its own (a bad one gets its own error); valid requests with
 compatible shapes are gathered with one ``torch.cat`` per input, run once, and every output is
-split back into per-request views. If the batched forward raises, the batch is bisected so only
-the offending request(s) get the error. What runs around a forward or after an execute comes from
-:mod:`pytorch_backend.hooks`. Nothing here knows about Triton.
+split back into per-request views. If the batched forward raises, or returns outputs that fail
+the config's checks, the batch is bisected so only the offending request(s) get the error. What
+runs around a forward or after an execute comes from :mod:`pytorch_backend.hooks`. Nothing here
+knows about Triton.
 """
 
 from __future__ import annotations
@@ -232,10 +233,14 @@ class InferenceEngine:
         try:
             checked = self._check_outputs(group, outputs)
             return list(zip(group, self._split(group, checked)))
-        except PyTorchBackendError as exc:  # what the model returned is wrong for every request
-            return [(valid, exc) for valid in group]
+        except PyTorchBackendError as exc:  # what the model returned is wrong for this group
+            if len(group) == 1:
+                return [(group[0], exc)]
         finally:
             self._split_ns += perf_counter_ns() - split
+        # The outputs may be wrong only because of some request's data: bisect, as for a raise.
+        middle = len(group) // 2
+        return self._run(group[:middle]) + self._run(group[middle:])
 
     def _timed(self, start: int, forward: int) -> int:
         """Add the gather (start..forward) and forward (forward..now) times; return now."""

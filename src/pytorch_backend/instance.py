@@ -46,6 +46,7 @@ from .runtime.execution import (
 from .runtime.report import EffectiveSettings, effective_lines
 from .runtime.settings import RuntimeSettings, apply_runtime_settings
 from .runtime.staging import PinnedStaging
+from .runtime.trust import check_model_files
 from .runtime.warmup import warm_up, warmup_buckets
 
 
@@ -142,6 +143,8 @@ def _build(
 ) -> Instance:
     params = _parameters(config, args, log)
     buckets = warmup_buckets(config, params) if params.warmup else []
+    if params.refuse_writable_model_directory:
+        check_model_files(config.name, args.model_dir, args.version_dir)
     device = resolve_instance_device(args.kind, args.device_id, config.name)
     activate_device(device)
     settings = apply_runtime_settings(params, config, device)

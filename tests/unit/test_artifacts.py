@@ -24,3 +24,10 @@ def test_aoti_package_is_recognised():
     path = aoti_models.build_static()  # cached once per machine
     assert artifacts.identify(path) == artifacts.AOTI
     assert "platform 'torch_aoti'" in artifacts.describe(path)
+
+
+def test_a_truncated_archive_is_called_truncated(tmp_path):
+    whole = ts_models.save(ts_models.Scale(), tmp_path / "ts.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    assert artifacts.identify(tmp_path / "cut.pt") == artifacts.TRUNCATED_ZIP
+    assert "truncated or damaged zip archive" in artifacts.describe(tmp_path / "cut.pt")

@@ -286,3 +286,22 @@ def test_backend_errors_raised_by_the_forward_are_isolated_too():
     assert isinstance(out[1], RequestError) and "value 9" in str(out[1])
     torch.testing.assert_close(out[0]["y"], xs[0] * 2)
     torch.testing.assert_close(out[2]["y"], xs[2] * 2)
+
+
+class WrongDtypeFor101(torch.nn.Module):
+    """x * 2, but FP64 for the whole batch when any element is 101 (a data-dependent bad output)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == 101).any()):
+            return x.double()
+        return x * 2
+
+
+def test_bad_outputs_caused_by_one_request_fail_only_that_request():
+    engine, calls = make_engine(WrongDtypeFor101(), [fp32("x")], [fp32("y")])
+    xs = [torch.ones(1, 2), torch.full((1, 2), 101.0), torch.ones(2, 2) * 3, torch.ones(1, 2)]
+    out = engine.infer([req(x=x) for x in xs])
+    assert isinstance(out[1], ExecutionError) and "model provides TYPE_FP64" in str(out[1])
+    for i in (0, 2, 3):
+        torch.testing.assert_close(out[i]["y"], xs[i] * 2)
+    assert calls[0]["x"] == torch.Size([5, 2])  # tried as one batch first

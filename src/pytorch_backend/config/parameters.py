@@ -75,6 +75,7 @@ class BackendParameters:
     warmup_batch_sizes: tuple[int, ...] | None = None
     stop_server_on_sticky_error: bool = False
     enable_cancellation_check: bool = True
+    refuse_writable_model_directory: bool = False
 
     @property
     def grad_policy(self) -> GradPolicy:
@@ -262,6 +263,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_batch_sizes,
     ),
     Parameter(
+        "REFUSE_WRITABLE_MODEL_DIRECTORY",
+        "`true`: fail the load when the model or version directory, the artifact or another file "
+        "of the version directory is world-writable (see Trust)",
+        "`false`",
+        "refuse_writable_model_directory",
+        parse_bool,
+    ),
+    Parameter(
         "FORCE_CPU_ONLY_INPUT_TENSORS",
         'read by Triton\'s Python backend itself; `"no"`: inputs already on a GPU reach a GPU '
         "instance where they are (no host round trip)",
@@ -283,9 +292,6 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_compile_options,
         COMPILED_KINDS,
     ),
-)
-
-PARAMETERS += (
     Parameter(
         "STOP_SERVER_ON_STICKY_ERROR",
         "after a sticky CUDA error (illegal address, device-side assert...; not out of memory) "

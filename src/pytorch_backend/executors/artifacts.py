@@ -11,6 +11,7 @@ EXPORTED_PROGRAM = "exported_program"
 CHECKPOINT = "checkpoint"
 LEGACY_PICKLE = "legacy_pickle"
 NOT_ZIP = "not_zip"
+TRUNCATED_ZIP = "truncated_zip"
 UNKNOWN_ZIP = "unknown_zip"
 
 _DESCRIPTIONS = {
@@ -28,6 +29,10 @@ _DESCRIPTIONS = {
     ),
     LEGACY_PICKLE: "a legacy (non-zip) torch.save/pickle file",
     NOT_ZIP: "not a zip archive (not a PyTorch model file at all)",
+    TRUNCATED_ZIP: (
+        "a truncated or damaged zip archive (it starts like one but its central directory is "
+        "missing: was the copy cut short?)"
+    ),
     UNKNOWN_ZIP: "a zip archive that is not a PyTorch model file",
 }
 
@@ -36,7 +41,10 @@ def identify(path: Path) -> str:
     """The kind of model file at ``path`` (one of the constants above)."""
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
-            return LEGACY_PICKLE if f.read(1) == b"\x80" else NOT_ZIP
+            head = f.read(4)
+        if head == b"PK\x03\x04":
+            return TRUNCATED_ZIP
+        return LEGACY_PICKLE if head[:1] == b"\x80" else NOT_ZIP
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         if any("/data/aotinductor/" in n for n in names):

@@ -187,6 +187,7 @@ DESCRIBERS: Mapping[str, Describer] = {
     "WARMUP_BATCH_SIZES": _warmup_sizes,
     "STOP_SERVER_ON_STICKY_ERROR": lambda e: on_off(e.params.stop_server_on_sticky_error),
     "ENABLE_CANCELLATION_CHECK": lambda e: on_off(e.params.enable_cancellation_check),
+    "REFUSE_WRITABLE_MODEL_DIRECTORY": lambda e: on_off(e.params.refuse_writable_model_directory),
 }
 
 
