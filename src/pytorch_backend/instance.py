@@ -43,6 +43,7 @@ from .runtime.execution import (
 )
 from .runtime.report import EffectiveSettings, effective_lines
 from .runtime.settings import RuntimeSettings, apply_runtime_settings
+from .sequence_state import SequenceStates, load_initial_states
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Instance:
     shared_weights: Any | None = None  # runtime.weight_sharing.SharedWeightsInfo
     metrics: MetricsHook | None = None  # None: ENABLE_METRICS false or no metrics API
     sticky: StickyErrorWatch | None = None  # CUDA instances only
+    sequences: SequenceStates | None = None  # models with sequence_batching state
 
     def infer(self, requests: Sequence[RequestInputs | PyTorchBackendError]) -> list[Outcome]:
         if self.sticky is not None and self.sticky.error is not None:
@@ -95,6 +97,8 @@ class Instance:
                 "unusable; restart the server"
             )
             requests = [error] * len(requests)
+        if self.sequences is not None:
+            return self.sequences.infer(requests, self.engine.infer)
         return self.engine.infer(requests)
 
     def responded(self, nanoseconds: int) -> None:
@@ -149,6 +153,7 @@ def _build(
     metrics, metrics_state = _metrics(registry, config, params, args, log, device, executor)
     hooks = _hooks(params, settings, device, executor, sticky, metrics)
     engine = InferenceEngine(config, executor, hooks, log)
+    sequences = _sequences(config, args, executor, log, metrics)
     effective = EffectiveSettings(
         params,
         settings,
@@ -164,7 +169,35 @@ def _build(
     log.info(f"loaded {kind.value} '{path}' on {where}")
     for line in executor.describe_bindings():
         log.info(line)
-    return Instance(config, params, kind, device, executor, engine, log, shared, metrics, sticky)
+    return Instance(
+        config, params, kind, device, executor, engine, log, shared, metrics, sticky, sequences
+    )
+
+
+def _sequences(
+    config: ModelConfig,
+    args: InstanceArgs,
+    executor: Executor,
+    log: InstanceLog,
+    metrics: MetricsHook | None,
+) -> SequenceStates | None:
+    """The per-sequence state store of a model with ``sequence_batching`` state (else None)."""
+    sequence = config.sequence
+    if sequence is None:
+        return None
+    log.info(
+        f"sequence_batching: {sequence.strategy}, controls "
+        f"{[f'{c.kind}={c.name}' for c in sequence.controls]}, states "
+        f"{[f'{s.input_name}->{s.output_name}' for s in sequence.states]}, idle "
+        f"{sequence.max_idle_us} us"
+    )
+    if not sequence.states:
+        return None
+    initial = load_initial_states(config, args.model_dir)
+    states = SequenceStates(config, initial, executor.input_device, log)
+    if metrics is not None:
+        metrics.watch_sequences(states.live)
+    return states
 
 
 def _parameters(config: ModelConfig, args: InstanceArgs, log: InstanceLog) -> BackendParameters:
