@@ -114,6 +114,8 @@ class Instance:
         metrics, self.metrics = self.metrics, None
         if metrics is not None:
             metrics.close()
+        if self.sequences is not None:
+            self.sequences.clear()
 
 
 def build_instance(

@@ -114,6 +114,10 @@ class SequenceStates:
         self._outputs = frozenset(s.output_name for s in self.states)
         self._returned = config.sequence.returned
 
+    def clear(self) -> None:
+        """Drop every sequence's state (the instance is closing)."""
+        self._held.clear()
+
     def live(self) -> int:
         """How many sequences' states are held (the live-sequences gauge)."""
         return len(self._held)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import struct
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -20,6 +22,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 import pytorch_backend
+from pytorch_backend.serving import examples
 from tests import sequence_models
 from tests.client_utils import (
     PROTOCOLS,
@@ -222,6 +225,15 @@ def server(triton, tmp_path_factory):
         {"1/model.py": sequence_models.EAGER_SOURCE.encode()},
     )
 
+    # the example and its client script
+    example = Path(__file__).resolve().parents[2] / "model_repository_examples"
+    write_model(
+        repo,
+        examples.SEQUENCE_MODEL,
+        (example / examples.SEQUENCE_MODEL / "config.pbtxt").read_text(),
+        {"1/model.pt": sequence_models.save_script(examples.Accumulator(), scratch / "e.pt")},
+    )
+
     # -- broken --------------------------------------------------------------------------------
     bad_corrid = dict(PT2_ORDINAL[2], **{"INPUT__4": corrid("TYPE_STRING")})
     write_model(
@@ -349,6 +361,7 @@ def test_healthy_models_ready_and_broken_ones_report_why(server):
         "pt2_ordinal",
         "pt2_forward",
         "eager_acc",
+        examples.SEQUENCE_MODEL,
     ):
         assert server.model(model).state == "READY", server.model(model).reason
     for model, text in BROKEN.items():
@@ -561,3 +574,21 @@ def test_idle_sequences_are_dropped_and_the_store_stays_bounded(server):
     assert _wait_live(server, "acc_idle", 1.0) == 1.0
     step("grpc", server, "acc_idle", 2100, {"INPUT__0": x1(1.0, True)}, end=True)
     assert _wait_live(server, "acc_idle", 0.0) == 0.0
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_example_client_runs_two_interleaved_sequences(server, protocol):
+    script = (
+        Path(__file__).resolve().parents[2] / "model_repository_examples" / "sequence_client.py"
+    )
+    url = server.http_url if protocol == "http" else server.grpc_url
+    flags = ["--grpc"] if protocol == "grpc" else []
+    done = subprocess.run(
+        [sys.executable, str(script), "--url", url, *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" step ")[0] for line in lines] == ["sequence 101", "sequence 202"] * 4

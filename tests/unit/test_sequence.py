@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytorch_backend.config import InstanceKind, parse_model_config
+from pytorch_backend.config import InstanceKind, ModelKind, parse_model_config
 from pytorch_backend.errors import ModelLoadError, RequestError
 from pytorch_backend.instance import InstanceArgs, build_instance
 from pytorch_backend.requests import RequestInputs, SequenceId
@@ -306,6 +306,8 @@ def test_idle_sequences_are_dropped_and_the_store_stays_bounded(tmp_path):
     instance.infer([request(9999, 1.0, start=True, batching=True)])
     assert store.live() == 1 and len(lines) == 50 * 8
     assert "state dropped after 5.500 s without a request" in lines[0]
+    instance.close()
+    assert store.live() == 0
 
 
 @pytest.mark.parametrize(
@@ -395,3 +397,49 @@ def test_auto_complete_leaves_sequence_models_as_written(tmp_path):
 
     completion = complete_config(cfg(), ts_dir(tmp_path) / "1")
     assert completion.empty
+
+
+def test_torch_export_program_takes_controls_and_state_by_call_spec_name(tmp_path):
+    model_dir = tmp_path / "m"
+    (model_dir / "1").mkdir(parents=True)
+    program = sequence_models._export_stateful()
+    torch.export.save(program, str(model_dir / "1" / "model.pt2"))
+
+    def control(name: str, kind: str) -> dict:
+        return {"name": name, "control": [{"kind": kind, "fp32_false_true": [0, 1]}]}
+
+    corrid = {"kind": "CONTROL_SEQUENCE_CORRID", "data_type": "TYPE_INT32"}
+    raw = cfg(
+        {
+            "oldest": {},
+            "control_input": [
+                control("ARGS[2]", "CONTROL_SEQUENCE_START"),
+                control("ARGS[3]", "CONTROL_SEQUENCE_READY"),
+                {"name": "ARGS[4]", "control": [corrid]},
+            ],
+            "state": [state(inp="ARGS[1]", out="RESULT[1]")],
+        },
+        outputs=[io("RESULT[0]")],
+        max_batch_size=8,
+        platform="",
+        default_model_filename="model.pt2",
+        parameters={"TORCH_COMPILE_OPTIONAL_PARAMETERS": {"string_value": '{"disable": true}'}},
+    )
+    raw["input"] = [io("ARGS[0]")]
+    instance = build(model_dir, raw)
+    assert instance.kind is ModelKind.EXPORTED_PROGRAM
+
+    def step(sequence: int, value: float, start: bool = False) -> RequestInputs:
+        inputs = {
+            "ARGS[0]": torch.full((1, 1), value),
+            "ARGS[1]": torch.full((1, 1), -1.0),
+            "ARGS[2]": torch.full((1, 1), float(start)),
+            "ARGS[3]": torch.ones(1, 1),
+            "ARGS[4]": torch.full((1, 1), sequence, dtype=torch.int32),
+        }
+        return RequestInputs(inputs, None, SequenceId(sequence, start))
+
+    first = instance.infer([step(10, 1.0, True), step(20, 2.0, True)])
+    second = instance.infer([step(20, 3.0), step(10, 4.0)])
+    got = [float(o["RESULT[0]"][0, 0]) for o in first + second]
+    assert got == [1.0 + 10, 2.0 + 20, 5.0 + 20, 5.0 + 10]  # running sum + CORRID
