@@ -443,3 +443,18 @@ def test_torch_export_program_takes_controls_and_state_by_call_spec_name(tmp_pat
     second = instance.infer([step(20, 3.0), step(10, 4.0)])
     got = [float(o["RESULT[0]"][0, 0]) for o in first + second]
     assert got == [1.0 + 10, 2.0 + 20, 5.0 + 20, 5.0 + 10]  # running sum + CORRID
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_state_stays_on_the_gpu_instances_device(tmp_path):
+    model_dir = ts_dir(tmp_path)
+    raw = cfg(max_batch_size=4)
+    instance = build_instance(
+        InstanceArgs(json.dumps(raw), "m_0", InstanceKind.GPU, 0, model_dir, "1")
+    )
+    r = lambda *a, **k: request(*a, batching=True, **k)  # noqa: E731
+    assert values(instance.infer([r(1, 1.0, start=True), r(2, 2.0, start=True)])) == [1.0, 2.0]
+    assert values(instance.infer([r(2, 1.0), r(1, 1.0)])) == [3.0, 2.0]
+    held = instance.sequences._held
+    assert {t.device.type for h in held.values() for t in h.states.values()} == {"cuda"}
