@@ -194,7 +194,7 @@ class TritonPythonModel:
         except Exception as exc:
             return RequestError(f"cannot read the request's inputs: {exc}")
         sequence = self._sequence_id(request) if self._sequences else None
-        return RequestInputs(inputs, frozenset(requested) if requested else None, sequence)
+        return RequestInputs(inputs, frozenset(requested) if requested else None, sequence=sequence)
 
     @staticmethod
     def _sequence_id(request) -> SequenceId:

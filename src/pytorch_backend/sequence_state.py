@@ -19,6 +19,7 @@ execute, so abandoned sequences cannot grow the store without bound. Nothing her
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -193,7 +194,7 @@ class SequenceStates:
         if requested is not None:
             drop |= self._returned - requested
             requested = requested | self._outputs
-        prepared = RequestInputs(inputs, requested, sequence)
+        prepared = dataclasses.replace(request, inputs=inputs, requested_outputs=requested)
         return prepared, _Pending(key, sequence.start, sequence.end, before, drop)
 
     def _initial_states(self, request: RequestInputs) -> States:
