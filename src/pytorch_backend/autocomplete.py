@@ -107,6 +107,10 @@ def complete_config(
     complete = _complete_tensors(config)
     if complete and header.max_batch_size > 0:
         return Completion()
+    if config.get("sequence_batching") is not None:
+        # The model's controls and states are arguments that must not become config inputs.
+        log.info("auto-complete: skipped for a sequence_batching model (config left as written)")
+        return Completion()
     try:
         io = _describe(header, Path(version_dir), log, need_tensors=not complete)
     except PyTorchBackendError as error:

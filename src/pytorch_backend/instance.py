@@ -48,6 +48,7 @@ from .runtime.settings import RuntimeSettings, apply_runtime_settings
 from .runtime.staging import PinnedStaging
 from .runtime.trust import check_model_files
 from .runtime.warmup import warm_up, warmup_buckets
+from .sequence_state import SequenceStates, load_initial_states
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Instance:
     shared_weights: Any | None = None  # runtime.weight_sharing.SharedWeightsInfo
     metrics: MetricsHook | None = None  # None: ENABLE_METRICS false or no metrics API
     sticky: StickyErrorWatch | None = None
+    sequences: SequenceStates | None = None  # models with sequence_batching state
 
     @property
     def ready(self) -> bool:
@@ -102,6 +104,8 @@ class Instance:
         if self.sticky is not None and self.sticky.error is not None:
             error = Unavailable(unavailable_message(self.sticky.error))
             requests = [r if isinstance(r, PyTorchBackendError) else error for r in requests]
+        if self.sequences is not None:
+            return self.sequences.infer(requests, self.engine.infer)
         return self.engine.infer(requests)
 
     def responded(self, nanoseconds: int) -> None:
@@ -117,6 +121,8 @@ class Instance:
         metrics, self.metrics = self.metrics, None
         if metrics is not None:
             metrics.close()
+        if self.sequences is not None:
+            self.sequences.clear()
 
 
 def build_instance(
@@ -161,6 +167,7 @@ def _build(
     staging = _staging(executor)
     engine = InferenceEngine(config, executor, hooks, log, staging)
     _warm_up(config, kind, executor, hooks, buckets, log, staging)
+    sequences = _sequences(config, args, executor, log, metrics)
     effective = EffectiveSettings(
         params,
         settings,
@@ -177,7 +184,35 @@ def _build(
     log.info(f"loaded {kind.value} '{path}' on {where}")
     for line in executor.describe_bindings():
         log.info(line)
-    return Instance(config, params, kind, device, executor, engine, log, shared, metrics, sticky)
+    return Instance(
+        config, params, kind, device, executor, engine, log, shared, metrics, sticky, sequences
+    )
+
+
+def _sequences(
+    config: ModelConfig,
+    args: InstanceArgs,
+    executor: Executor,
+    log: InstanceLog,
+    metrics: MetricsHook | None,
+) -> SequenceStates | None:
+    """The per-sequence state store of a model with ``sequence_batching`` state (else None)."""
+    sequence = config.sequence
+    if sequence is None:
+        return None
+    log.info(
+        f"sequence_batching: {sequence.strategy}, controls "
+        f"{[f'{c.kind}={c.name}' for c in sequence.controls]}, states "
+        f"{[f'{s.input_name}->{s.output_name}' for s in sequence.states]}, idle "
+        f"{sequence.max_idle_us} us"
+    )
+    if not sequence.states:
+        return None
+    initial = load_initial_states(config, args.model_dir)
+    states = SequenceStates(config, initial, executor.input_device, log)
+    if metrics is not None:
+        metrics.watch_sequences(states.live)
+    return states
 
 
 def _staging(executor: Executor) -> PinnedStaging | None:

@@ -45,7 +45,7 @@ try:
         Unavailable,
     )
     from pytorch_backend.instance import Instance, InstanceArgs, build_instance
-    from pytorch_backend.requests import RequestInputs
+    from pytorch_backend.requests import RequestInputs, SequenceId
     from pytorch_backend.strings import decode_strings, encode_strings
 except ImportError as exc:  # pragma: no cover - only reachable inside a misconfigured stub
     raise ImportError(
@@ -159,6 +159,7 @@ class TritonPythonModel:
         else:
             self._strings = {s.name for s in self._instance.config.inputs if s.is_string}
             self._check_cancelled = self._instance.params.enable_cancellation_check
+            self._sequences = self._instance.sequences is not None
             if self._instance.metrics is not None:
                 self._instance.metrics.start()  # flushes to the server from a background thread
             return
@@ -210,7 +211,16 @@ class TritonPythonModel:
             return exc
         except Exception as exc:
             return RequestError(f"cannot read the request's inputs: {exc}")
-        return RequestInputs(inputs, frozenset(requested) if requested else None)
+        sequence = self._sequence_id(request) if self._sequences else None
+        return RequestInputs(inputs, frozenset(requested) if requested else None, sequence=sequence)
+
+    @staticmethod
+    def _sequence_id(request) -> SequenceId:
+        """The request's correlation id and START (1) / END (2) flags (sequence state models)."""
+        flags = request.flags()
+        start = bool(flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START)
+        end = bool(flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
+        return SequenceId(request.correlation_id(), start, end)
 
     def _response(self, outcome):
         if isinstance(outcome, PyTorchBackendError):

@@ -20,8 +20,19 @@ Outcome = Union[dict[str, Value], PyTorchBackendError]
 
 
 @dataclass(frozen=True)
+class SequenceId:
+    """Where a request stands in its sequence: correlation id (0 or "": none), START, END."""
+
+    correlation_id: int | str
+    start: bool = False
+    end: bool = False
+
+
+@dataclass(frozen=True)
 class RequestInputs:
     """One request: its named inputs and the outputs it asked for (``None``: all)."""
 
     inputs: Mapping[str, InputValue]
     requested_outputs: frozenset[str] | None = None
+    #: The request's sequence, for models with ``sequence_batching`` state (None: not given).
+    sequence: SequenceId | None = None

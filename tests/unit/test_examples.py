@@ -105,9 +105,10 @@ def test_pbtxt_reader_handles_nested_messages_and_lists():
 def test_repository_lists_every_example_with_marker_and_readme():
     assert (REPO / ".pytorch_backend_examples").is_file()
     folders = {p.name for p in REPO.iterdir() if (p / "config.pbtxt").is_file()}
-    assert folders - {examples.PACKAGED_MODEL} == set(examples.MODELS)  # packaged: generated
+    # packaged: generated; the sequence model needs a sequence id, so it is not in MODELS
+    assert folders - {examples.PACKAGED_MODEL, examples.SEQUENCE_MODEL} == set(examples.MODELS)
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for model in (*examples.MODELS, examples.PACKAGED_MODEL):
+    for model in (*examples.MODELS, examples.PACKAGED_MODEL, examples.SEQUENCE_MODEL):
         assert f"`{model}`" in readme
 
 
@@ -172,7 +173,7 @@ def built(tmp_path_factory) -> tuple[Path, list[Path], list[str]]:
 
 def test_build_writes_torchscript_artifacts_and_dropin_copy(built):
     repo, paths, logs = built
-    expected = {repo / m / "1" / "model.pt" for m in TORCHSCRIPT}
+    expected = {repo / m / "1" / "model.pt" for m in (*TORCHSCRIPT, examples.SEQUENCE_MODEL)}
     expected.add(repo / "dropin_python" / "1" / "model.py")
     expected |= {repo / "eager_module" / "1" / name for name in ("model.py", "model.pt")}
     expected.add(repo / "exported_nested" / "1" / "model.pt2")
@@ -191,7 +192,7 @@ def test_rebuild_skips_up_to_date_artifacts(built):
     logs: list[str] = []
     assert examples.build_examples(repo, aoti=False, log=logs.append) == []
     assert {p: p.stat().st_mtime_ns for p in paths} == mtimes
-    assert sum("up to date" in line for line in logs) == len(TORCHSCRIPT) + 2
+    assert sum("up to date" in line for line in logs) == len(TORCHSCRIPT) + 3
 
 
 def test_rebuild_replaces_artifact_with_stale_stamp(built, tmp_path):
@@ -320,3 +321,35 @@ def test_module_examples_serve_reference_values(built, model):
     assert set(outcome) == set(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(outcome[name].numpy(), value, rtol=1e-5, atol=1e-5)
+
+
+def test_sequence_example_keeps_a_running_sum_per_sequence(built):
+    """The ``accumulator`` example, two interleaved sequences through the composition root."""
+    from pytorch_backend.config import InstanceKind
+    from pytorch_backend.instance import InstanceArgs, build_instance
+    from pytorch_backend.requests import RequestInputs, SequenceId
+
+    repo, _, _ = built
+    model = examples.SEQUENCE_MODEL
+    raw = read_config(model, repo)
+    instance = build_instance(
+        InstanceArgs(raw, f"{model}_0", InstanceKind.CPU, 0, repo / model, "1")
+    )
+    rng = np.random.default_rng(7)
+    sums = {1: np.zeros((1, 4), np.float32), 2: np.zeros((1, 4), np.float32)}
+    for step in range(3):
+        requests, fed = [], {}
+        for sequence in sums:
+            x = rng.standard_normal((1, 4)).astype(np.float32)
+            fed[sequence] = x
+            inputs = {
+                "INPUT__0": torch.from_numpy(x),
+                "START__2": torch.tensor([[int(step == 0)]], dtype=torch.int32),
+                "STATE__1": torch.full((1, 4), 1e9),  # what Triton sends is ignored
+            }
+            requests.append(RequestInputs(inputs, None, SequenceId(sequence, step == 0)))
+        outcomes = instance.infer(requests)
+        for sequence, outcome in zip(sums, outcomes):
+            sums[sequence] += fed[sequence]
+            assert sorted(outcome) == ["OUTPUT__0"]
+            np.testing.assert_allclose(outcome["OUTPUT__0"].numpy(), sums[sequence], rtol=1e-6)

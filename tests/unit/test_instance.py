@@ -186,11 +186,6 @@ def test_load_errors_name_the_model_once(tmp_path):
     assert info.value.instance == "m_0"
 
 
-def test_sequence_batching_is_refused_until_implemented(tmp_path):
-    with pytest.raises(ModelLoadError, match="sequence_batching is not supported yet"):
-        build(ts_repo(tmp_path), ts_config(sequence_batching={}))
-
-
 def test_unknown_parameter_warns_through_the_instance_log(tmp_path):
     params = {"INFERENCE_MDOE": {"string_value": "true"}}
     _, sink = build(ts_repo(tmp_path), ts_config(parameters=params))

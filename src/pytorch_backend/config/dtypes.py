@@ -18,11 +18,12 @@ TRITON_TO_TORCH: dict[str, torch.dtype] = {
     "FP32": torch.float32,
     "FP64": torch.float64,
     "BF16": torch.bfloat16,
+    "UINT64": torch.uint64,  # only for a CORRID control (not in SUPPORTED)
 }
 
 TORCH_TO_TRITON: dict[torch.dtype, str] = {v: k for k, v in TRITON_TO_TORCH.items()}
 
-SUPPORTED = frozenset(TRITON_TO_TORCH) | {STRING}
+SUPPORTED = (frozenset(TRITON_TO_TORCH) - {"UINT64"}) | {STRING}
 
 
 def triton_name(dtype: torch.dtype) -> str:

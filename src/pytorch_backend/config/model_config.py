@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from .dtypes import STRING, SUPPORTED
+from .sequence import SequenceConfig, parse_sequence_batching
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,15 @@ class ModelConfig:
     parameters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     instance_groups: tuple[InstanceGroup, ...] = ()
     dynamic_batching: bool = False
-    sequence_batching: bool = False
+    #: ``sequence_batching``; its controls and state inputs are in ``inputs``, its state
+    #: outputs in ``outputs`` (see :mod:`.sequence`).
+    sequence: SequenceConfig | None = None
     #: ``dynamic_batching { preferred_batch_size: [...] }`` (empty when not given).
     preferred_batch_sizes: tuple[int, ...] = ()
+
+    @property
+    def sequence_batching(self) -> bool:
+        return self.sequence is not None
 
     @property
     def batching(self) -> bool:
@@ -130,6 +137,13 @@ def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
         raise ModelLoadError(f"max_batch_size must be >= 0, got {max_batch_size}", model=name)
     inputs = tuple(_tensor_spec(name, "input", i) for i in data.get("input", ()))
     outputs = tuple(_tensor_spec(name, "output", o) for o in data.get("output", ()))
+    sequence = parse_sequence_batching(
+        name, data.get("sequence_batching"), [o.name for o in outputs]
+    )
+    if sequence is not None:  # the model takes the controls and states as inputs
+        _check_sequence_names(name, inputs, sequence)
+        inputs += sequence.input_specs()
+        outputs += sequence.output_specs()
     groups = tuple(
         InstanceGroup(
             kind=g.get("kind", "KIND_AUTO"),
@@ -148,7 +162,7 @@ def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
         parameters=MappingProxyType(_string_parameters(name, data.get("parameters", {}))),
         instance_groups=groups,
         dynamic_batching="dynamic_batching" in data and data["dynamic_batching"] is not None,
-        sequence_batching="sequence_batching" in data and data["sequence_batching"] is not None,
+        sequence=sequence,
         preferred_batch_sizes=_preferred_batch_sizes(data.get("dynamic_batching")),
     )
     _validate(config)
@@ -174,13 +188,20 @@ def parse_model_header(raw: str | Mapping[str, Any]) -> ModelConfig:
     )
 
 
+def _check_sequence_names(
+    model: str, inputs: tuple[TensorSpec, ...], sequence: SequenceConfig
+) -> None:
+    """A control or state input must not also be declared in ``input``."""
+    for spec in inputs:
+        if spec.name in sequence.indexed_inputs():
+            raise ModelLoadError(
+                f"input '{spec.name}' is also a sequence_batching control or state input; "
+                "remove it from input (the sequence batcher supplies it)",
+                model=model,
+            )
+
+
 def _validate(config: ModelConfig) -> None:
-    if config.sequence_batching:
-        raise config.error(
-            "sequence_batching is not supported yet: this backend cannot serve stateful "
-            "(sequence) models; remove sequence_batching from the configuration or serve the "
-            "model with the C++ PyTorch backend"
-        )
     if not config.inputs:
         raise config.error("the configuration must declare at least one input")
     if not config.outputs:

@@ -43,6 +43,10 @@ The examples (all batching with ``max_batch_size: 8``; ``B`` is the batch dimens
 ``exported_nested`` (torch.export program) -- :class:`AotiNested` exported with the same dynamic
     batch and written by ``torch.export.save`` (no AOT-Inductor code): the names and math of
     ``aoti_nested``.
+``accumulator`` (TorchScript, ``sequence_batching`` with implicit state, ``oldest`` strategy) --
+    :class:`Accumulator`: ``INPUT__0`` FP32 ``[B, 4]`` -> ``OUTPUT__0`` FP32 ``[B, 4]`` = the
+    running sum of the sequence's inputs; the state is ``STATE__1`` -> ``STATE_OUT__1`` and the
+    START control ``START__2`` (INT32) resets it. Not in :data:`MODELS` (it needs a sequence id).
 
 The NumPy oracle of these outputs lives with the tests (``tests/oracles.py``).
 """
@@ -68,6 +72,7 @@ __all__ = [
     "EXPORTED_MODEL",
     "MODELS",
     "PACKAGED_MODEL",
+    "SEQUENCE_MODEL",
     "TORCHSCRIPT_MODELS",
     "build_examples",
 ]
@@ -81,6 +86,8 @@ DROPIN_MODEL = "dropin_python"
 PACKAGED_MODEL = "packaged_mlp"
 EAGER_MODEL = "eager_module"
 EXPORTED_MODEL = "exported_nested"
+#: A stateful model (sequence_batching): requests need a sequence id, so it is not in MODELS.
+SEQUENCE_MODEL = "accumulator"
 MODELS = TORCHSCRIPT_MODELS + AOTI_MODELS + (DROPIN_MODEL, EAGER_MODEL, EXPORTED_MODEL)
 VERSION = "1"
 
@@ -152,6 +159,16 @@ class StringIO(torch.nn.Module):
         # TorchScript strings are UTF-8 bytes, so len() counts bytes.
         lengths = torch.tensor([len(s) for s in text], dtype=torch.int64).reshape(-1, 1)
         return upper, reversed_words, lengths
+
+
+class Accumulator(torch.nn.Module):
+    """A running sum per sequence: the state is fed back by the backend (sequence_batching)."""
+
+    def forward(
+        self, INPUT__0: Tensor, STATE__1: Tensor, START__2: Tensor
+    ) -> tuple[Tensor, Tensor]:  # noqa: N803
+        total = STATE__1 * (1 - START__2) + INPUT__0
+        return total, total
 
 
 class AotiNested(torch.nn.Module):
@@ -299,6 +316,7 @@ def build_examples(
         "dict_input": DictInput,
         "string_io": StringIO,
         DROPIN_MODEL: Mlp,
+        SEQUENCE_MODEL: Accumulator,
     }
     for model, factory in torchscript.items():
         target = artifact(model)

@@ -85,8 +85,11 @@ class TorchScriptExecutor:
         self.module = module
         self.input_device = input_device
         self.signature = signature_of(module)
-        self.inputs: Binding = bind_inputs(config, self.signature)
-        self.outputs: Binding = bind_outputs(config, self.signature)
+        sequence = config.sequence
+        indexed_in = sequence.indexed_inputs() if sequence else frozenset()
+        indexed_out = sequence.state_outputs if sequence else frozenset()
+        self.inputs: Binding = bind_inputs(config, self.signature, indexed_in)
+        self.outputs: Binding = bind_outputs(config, self.signature, indexed_out)
         self._arg_count = len(self.signature.arg_names)
         self.capabilities = Capabilities(shareable_module=module, devices=module_devices(module))
 

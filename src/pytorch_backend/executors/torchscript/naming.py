@@ -84,8 +84,29 @@ def _accepted_outputs(count: int | None) -> str:
     return f"{count} output(s): " + ", ".join(f"OUTPUT__{i}" for i in range(count))
 
 
-def bind_inputs(config: ModelConfig, signature: Signature) -> Binding:
-    """Bind config inputs to forward arguments, validating count, names, indices and types."""
+def _indexed(config: ModelConfig, kind: str, names: frozenset[str]) -> dict[str, int]:
+    """Positions of the names that must bind by their own ``<name>__<index>`` (upstream requires
+    it of sequence controls and states, whatever convention the other names follow)."""
+    positions: dict[str, int] = {}
+    for name in sorted(names):
+        index = named_index(name)
+        if index is None:
+            raise config.error(
+                f"sequence_batching {kind} '{name}' does not follow the <name>__<index> naming "
+                f"convention (a TorchScript model takes sequence controls and states by index, "
+                f"e.g. '{name}__1')"
+            )
+        positions[name] = index
+    return positions
+
+
+def bind_inputs(
+    config: ModelConfig, signature: Signature, indexed: frozenset[str] = frozenset()
+) -> Binding:
+    """Bind config inputs to forward arguments, validating count, names, indices and types.
+
+    ``indexed``: inputs that bind by their own ``<name>__<index>`` whatever the convention.
+    """
     names, types = signature.arg_names, signature.arg_types
     if len(types) == 1 and types[0].startswith("Dict["):
         if types[0] != "Dict[str, Tensor]":
@@ -106,48 +127,64 @@ def bind_inputs(config: ModelConfig, signature: Signature) -> Binding:
                 "List[str], or a single Dict[str, Tensor]"
             )
     accepted = _accepted_inputs(names)
+    fixed = _indexed(config, "input", indexed)
+    for name, index in fixed.items():  # a control or state the model has no argument for
+        if index >= len(names):
+            raise config.error(
+                f"sequence_batching input '{name}' refers to index {index}, but forward takes "
+                f"{len(names)} arguments: {accepted}"
+            )
     if len(config.inputs) != len(names):
         raise config.error(
             f"the configuration declares {len(config.inputs)} inputs but forward "
             f"takes {len(names)}: {accepted}"
         )
-    config_names = [s.name for s in config.inputs]
+    config_names = [s.name for s in config.inputs if s.name not in fixed]
     if all(n in names for n in config_names):
-        binding = Binding(
-            FORWARD_ARGUMENT, MappingProxyType({n: names.index(n) for n in config_names})
-        )
+        convention = FORWARD_ARGUMENT
+        positions = {n: names.index(n) for n in config_names}
     elif all(named_index(n) is not None for n in config_names):
+        convention = NAMED_INDEX
         positions = {n: named_index(n) for n in config_names}
-        _check_indices(config, "input", positions, len(names), accepted)
-        binding = Binding(NAMED_INDEX, MappingProxyType(positions))
     else:
-        binding = Binding(
-            CONFIG_ORDER, MappingProxyType({n: i for i, n in enumerate(config_names)})
-        )
+        convention = CONFIG_ORDER
+        positions = {n: i for i, n in enumerate(config_names)}
+    positions.update(fixed)
+    if convention is NAMED_INDEX or fixed:
+        _check_indices(config, "input", positions, len(names), accepted)
+    binding = Binding(convention, MappingProxyType(positions))
     for spec in config.inputs:
         position = binding.positions[spec.name]
         _check_type(config, "input", spec, types[position], f"forward argument '{names[position]}'")
     return binding
 
 
-def bind_outputs(config: ModelConfig, signature: Signature) -> Binding:
-    """Bind config outputs to the model's returned values (a Tensor, List[str] or a tuple)."""
-    config_names = [s.name for s in config.outputs]
+def bind_outputs(
+    config: ModelConfig, signature: Signature, indexed: frozenset[str] = frozenset()
+) -> Binding:
+    """Bind config outputs to the model's returned values (a Tensor, List[str] or a tuple).
+
+    ``indexed``: outputs that bind by their own ``<name>__<index>`` whatever the convention.
+    """
+    fixed = _indexed(config, "output", indexed)
+    config_names = [s.name for s in config.outputs if s.name not in fixed]
     returned = signature.output_types
     count = None if returned is None else len(returned)
     if all(named_index(n) is not None for n in config_names):
+        convention = NAMED_INDEX
         positions = {n: named_index(n) for n in config_names}
-        _check_indices(config, "output", positions, count, _accepted_outputs(count))
-        binding = Binding(NAMED_INDEX, MappingProxyType(positions))
     else:
-        if count is not None and len(config_names) > count:
+        if count is not None and len(config_names) + len(fixed) > count:
             raise config.error(
-                f"the configuration declares {len(config_names)} outputs but the "
+                f"the configuration declares {len(config_names) + len(fixed)} outputs but the "
                 f"model returns {count}"
             )
-        binding = Binding(
-            CONFIG_ORDER, MappingProxyType({n: i for i, n in enumerate(config_names)})
-        )
+        convention = CONFIG_ORDER
+        positions = {n: i for i, n in enumerate(config_names)}
+    positions.update(fixed)
+    if convention is NAMED_INDEX or fixed:
+        _check_indices(config, "output", positions, count, _accepted_outputs(count))
+    binding = Binding(convention, MappingProxyType(positions))
     if returned is not None:
         for spec in config.outputs:
             position = binding.positions[spec.name]
