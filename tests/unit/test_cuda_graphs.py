@@ -192,6 +192,9 @@ def test_a_model_that_does_not_batch_replays_its_one_graph_unpadded():
     x = torch.arange(6.0).view(2, 3)
     assert torch.equal(wrapper.run({"x": x})["y"], expected(x))
     assert inner.capabilities.counters.padded_rows == 0
+    other = torch.ones(3, 3)  # a variable first dim: no batch dim to pad, so not the graph
+    assert torch.equal(wrapper.run({"x": other})["y"], expected(other))
+    assert inner.calls[-1] == 3
 
 
 def test_the_wrapper_keeps_the_executor_interface():

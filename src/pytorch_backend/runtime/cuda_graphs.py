@@ -222,7 +222,7 @@ class GraphExecutor:
     def _replay(
         self, captured: Captured, inputs: Mapping[str, Value], n: int | None
     ) -> dict[str, Value]:
-        mismatch = self._mismatch(captured, inputs)
+        mismatch = self._mismatch(captured, inputs, 0 if n is None else 1)
         if mismatch is not None:
             self._once(f"shape:{mismatch[0]}", mismatch[1])
             return self.inner.run(inputs)
@@ -241,7 +241,10 @@ class GraphExecutor:
         return {k: v[:n].clone() for k, v in captured.outputs.items()}
 
     @staticmethod
-    def _mismatch(captured: Captured, inputs: Mapping[str, Value]) -> tuple[str, str] | None:
+    def _mismatch(
+        captured: Captured, inputs: Mapping[str, Value], skip: int
+    ) -> tuple[str, str] | None:
+        """What keeps the batch from the graph (``skip``: 1 to ignore the batch dim)."""
         if inputs.keys() != captured.inputs.keys():
             return "names", "the batch's inputs differ from the captured ones"
         for name, static in captured.inputs.items():
@@ -249,7 +252,7 @@ class GraphExecutor:
             if not isinstance(value, torch.Tensor):
                 return name, f"input '{name}' is not a tensor: the batch runs the normal forward"
             if (
-                value.shape[1:] != static.shape[1:]
+                value.shape[skip:] != static.shape[skip:]
                 or value.dim() != static.dim()
                 or value.dtype != static.dtype
                 or value.device != static.device
@@ -257,7 +260,7 @@ class GraphExecutor:
                 return name, (
                     f"input '{name}' of shape {list(value.shape)} ({value.dtype}, {value.device}) "
                     f"does not match the captured {list(static.shape)} ({static.dtype}, "
-                    f"{static.device}) beyond the batch dim: such batches run the normal forward"
+                    f"{static.device}): such batches run the normal forward"
                 )
         return None
 
