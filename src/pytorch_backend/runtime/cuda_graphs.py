@@ -74,7 +74,8 @@ class CudaGraphBackend:
                 run(inputs)
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: another thread's CUDA calls (the stub's) do not invalidate the capture.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             outputs = run(inputs)
         if self._pool is None:
             self._pool = graph.pool()
