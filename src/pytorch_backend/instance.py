@@ -26,6 +26,7 @@ from .config import (
     parse_model_config,
     parse_parameters,
 )
+from .config.parameters import BY_KEY
 from .engine import InferenceEngine
 from .errors import PyTorchBackendError, Unavailable
 from .executors.base import Executor, LoadContext
@@ -34,6 +35,7 @@ from .hooks import Hook, Hooks
 from .logs import InstanceLog, Sink
 from .metrics import MetricsHook, Registry
 from .requests import Outcome, RequestInputs
+from .runtime.cuda_graphs import CudaGraphBackend, GraphExecutor, cuda_graphs_unsupported
 from .runtime.devices import InstanceStream, activate_device, resolve_instance_device
 from .runtime.execution import (
     CacheCleaningHook,
@@ -164,9 +166,11 @@ def _build(
     sticky = StickyErrorWatch(_on_sticky_error(params, log), _cuda_devices(device, executor))
     metrics, metrics_state = _metrics(registry, config, params, args, log, device, executor)
     hooks = _hooks(params, settings, device, executor, sticky, metrics)
+    executor, graphs = _cuda_graphs(params, kind, device, executor, buckets, log)
     staging = _staging(executor)
     engine = InferenceEngine(config, executor, hooks, log, staging)
     _warm_up(config, kind, executor, hooks, buckets, log, staging)
+    cuda_graphs = graphs.seal() if isinstance(graphs, GraphExecutor) else graphs
     sequences = _sequences(config, args, executor, log, metrics)
     effective = EffectiveSettings(
         params,
@@ -177,6 +181,7 @@ def _build(
         kind,
         metrics=metrics_state,
         warmup=buckets,
+        cuda_graphs=cuda_graphs,
     )
     for line in effective_lines(effective):
         log.info(line)
@@ -213,6 +218,24 @@ def _sequences(
     if metrics is not None:
         metrics.watch_sequences(states.live)
     return states
+
+
+def _cuda_graphs(
+    params: BackendParameters,
+    kind: ModelKind,
+    device: torch.device | None,
+    executor: Executor,
+    buckets: list[int | None],
+    log: InstanceLog,
+) -> tuple[Executor, GraphExecutor | str]:
+    """``CUDA_GRAPHS``: the executor wrapped to capture during the warm-up, or why not."""
+    if not params.cuda_graphs or kind not in BY_KEY["CUDA_GRAPHS"].applies_to:
+        return executor, "false"
+    reason = cuda_graphs_unsupported(device, executor.input_device, params.warmup)
+    if reason is not None or device is None:
+        return executor, f"true, no effect: {reason}"
+    graphs = GraphExecutor(executor, buckets, CudaGraphBackend(device), log.warn)
+    return graphs, graphs
 
 
 def _staging(executor: Executor) -> PinnedStaging | None:

@@ -260,7 +260,7 @@ def test_parameters_are_frozen() -> None:
 
 def test_registry_keys_are_unique_and_every_logged_key_has_a_describer() -> None:
     assert len(KNOWN_KEYS) == len(set(KNOWN_KEYS))
-    assert len(ALL_BOOL_KEYS) == 15
+    assert len(ALL_BOOL_KEYS) == 16
     logged = {p.key for p in PARAMETERS if p.logged}
     assert logged == set(DESCRIBERS)
     fields = {p.field for p in PARAMETERS if p.field is not None}

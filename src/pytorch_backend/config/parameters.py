@@ -43,6 +43,7 @@ EAGER_ONLY = frozenset({ModelKind.EAGER})
 #: Kinds whose nn.Module this backend holds (weights in Python tensors, torch.compile).
 MODULE_KINDS = frozenset({ModelKind.TORCHSCRIPT, ModelKind.EAGER, ModelKind.EXPORTED_PROGRAM})
 COMPILED_KINDS = frozenset({ModelKind.EAGER, ModelKind.EXPORTED_PROGRAM})
+GRAPH_KINDS = frozenset({ModelKind.TORCHSCRIPT, ModelKind.AOTI})
 NO_KIND: frozenset[ModelKind] = frozenset()
 
 #: Who reads a key: this backend, Triton's Python backend, or nobody here (accepted, warned).
@@ -73,6 +74,7 @@ class BackendParameters:
     enable_metrics: bool = True
     warmup: bool = True
     warmup_batch_sizes: tuple[int, ...] | None = None
+    cuda_graphs: bool = False
     stop_server_on_sticky_error: bool = False
     enable_cancellation_check: bool = True
     refuse_writable_model_directory: bool = False
@@ -261,6 +263,16 @@ PARAMETERS: tuple[Parameter, ...] = (
         "powers of two up to `max_batch_size`, `max_batch_size` and the preferred batch sizes",
         "warmup_batch_sizes",
         parse_batch_sizes,
+    ),
+    Parameter(
+        "CUDA_GRAPHS",
+        "KIND_GPU instances capture one CUDA graph per warm-up batch size and replay the "
+        "smallest that holds a batch, padded (see CUDA graphs); on a CPU instance, without CUDA "
+        "or with `WARMUP: false` it logs that it has no effect",
+        "`false`",
+        "cuda_graphs",
+        parse_bool,
+        GRAPH_KINDS,
     ),
     Parameter(
         "REFUSE_WRITABLE_MODEL_DIRECTORY",

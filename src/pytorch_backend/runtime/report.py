@@ -29,6 +29,7 @@ class EffectiveSettings:
     kind: ModelKind | None = None  # the model kind served, when known
     metrics: str = "false"  # the decision, as logged ("true", "false", "true, no effect: ...")
     warmup: Sequence[int | None] = ()  # the batch sizes warmed up at load (empty: none)
+    cuda_graphs: str = "false"  # the decision, as logged ("true (...)", "true, no effect: ...")
 
 
 def on_off(value: bool | None) -> str:
@@ -185,6 +186,7 @@ DESCRIBERS: Mapping[str, Describer] = {
     "ENABLE_METRICS": lambda e: e.metrics,
     "WARMUP": _warmup,
     "WARMUP_BATCH_SIZES": _warmup_sizes,
+    "CUDA_GRAPHS": _for_kind("CUDA_GRAPHS", lambda e: e.cuda_graphs),
     "STOP_SERVER_ON_STICKY_ERROR": lambda e: on_off(e.params.stop_server_on_sticky_error),
     "ENABLE_CANCELLATION_CHECK": lambda e: on_off(e.params.enable_cancellation_check),
     "REFUSE_WRITABLE_MODEL_DIRECTORY": lambda e: on_off(e.params.refuse_writable_model_directory),
