@@ -160,6 +160,9 @@ class TritonPythonModel:
             self._strings = {s.name for s in self._instance.config.inputs if s.is_string}
             self._check_cancelled = self._instance.params.enable_cancellation_check
             self._sequences = self._instance.sequences is not None
+            sequence = self._instance.config.sequence
+            # Triton's state inputs hold uninitialised memory: the sequence store replaces them.
+            self._skipped = sequence.state_inputs if self._sequences and sequence else frozenset()
             if self._instance.metrics is not None:
                 self._instance.metrics.start()  # flushes to the server from a background thread
             return
@@ -202,6 +205,8 @@ class TritonPythonModel:
         try:
             for tensor in request.inputs():
                 name = tensor.name()
+                if name in self._skipped:
+                    continue
                 if name in self._strings:
                     inputs[name] = decode_strings(name, tensor.as_numpy())
                 else:

@@ -29,13 +29,15 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .config.dtypes import TRITON_TO_TORCH
+from .config.dtypes import STRING, TRITON_TO_TORCH
 from .config.sequence import StateSpec
 from .errors import PyTorchBackendError, RequestError
 from .logs import InstanceLog
-from .requests import Outcome, RequestInputs
+from .requests import InputValue, Outcome, RequestInputs
+from .strings import Strings
 
-States = dict[str, torch.Tensor]  # state input name -> this sequence's state rows
+#: State input name -> this sequence's state rows (a tensor, or strings for TYPE_STRING state).
+States = dict[str, InputValue]
 
 
 @dataclass
@@ -53,14 +55,57 @@ class _Pending:
     drop: frozenset[str]  # outputs to remove from the response
 
 
-def load_initial_states(config: ModelConfig, model_dir: Path) -> dict[str, torch.Tensor]:
+def _initial_strings(config: ModelConfig, model_dir: Path, state: StateSpec) -> Strings:
+    """A string state's initial value: empty strings, or Triton's serialized BYTES elements
+    (a 4-byte little-endian length, then the UTF-8 bytes, per element) from ``data_file``."""
+    init = state.initial
+    dims = init.dims if init is not None else state.dims
+    count = 1
+    for dim in dims:
+        count *= dim
+    if init is None or init.zero_data:
+        return Strings([""] * count, tuple(dims))
+    where = f"sequence_batching state '{state.input_name}' initial_state data_file"
+    path = model_dir / "initial_state" / str(init.data_file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise config.error(
+            f"{where} '{init.data_file}': cannot read '{path}' ({exc.strerror or exc})"
+        ) from None
+    values, offset = [], 0
+    try:
+        while offset < len(data):
+            size = int.from_bytes(data[offset : offset + 4], "little")
+            chunk = data[offset + 4 : offset + 4 + size]
+            if offset + 4 > len(data) or len(chunk) != size:
+                raise ValueError("an element's length runs past the end of the file")
+            values.append(chunk.decode("utf-8"))
+            offset += 4 + size
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise config.error(
+            f"{where} '{init.data_file}' is not serialized TYPE_STRING elements (a 4-byte "
+            f"little-endian length before each UTF-8 element): {exc}"
+        ) from None
+    if len(values) != count:
+        raise config.error(
+            f"{where} '{init.data_file}' holds {len(values)} strings; dims {list(dims)} need "
+            f"{count}"
+        )
+    return Strings(values, tuple(dims))
+
+
+def load_initial_states(config: ModelConfig, model_dir: Path) -> dict[str, InputValue]:
     """Each state's initial value (one item, no batch dimension), read once at load.
 
     ``data_file`` is read from ``<model_dir>/initial_state/`` as raw row-major values of the
     state's type; a missing file or a size that does not match the dims fails the load.
     """
-    initial: dict[str, torch.Tensor] = {}
+    initial: dict[str, InputValue] = {}
     for state in config.sequence.states if config.sequence else ():
+        if state.dtype == STRING:
+            initial[state.input_name] = _initial_strings(config, model_dir, state)
+            continue
         dtype = TRITON_TO_TORCH[state.dtype]
         init = state.initial
         if init is None or init.zero_data:
@@ -98,7 +143,7 @@ class SequenceStates:
     def __init__(
         self,
         config: ModelConfig,
-        initial: Mapping[str, torch.Tensor],
+        initial: Mapping[str, InputValue],
         device: torch.device,
         log: InstanceLog | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -110,7 +155,10 @@ class SequenceStates:
         self.log = log
         self.clock = clock
         self.idle_seconds = config.sequence.max_idle_us / 1e6
-        self._initial = {name: value.to(device) for name, value in initial.items()}
+        self._initial = {
+            name: value.to(device) if isinstance(value, torch.Tensor) else value
+            for name, value in initial.items()
+        }
         self._held: OrderedDict[int | str, _Held] = OrderedDict()  # least recently used first
         self._outputs = frozenset(s.output_name for s in self.states)
         self._returned = config.sequence.returned
@@ -202,6 +250,11 @@ class SequenceStates:
         states: States = {}
         for state in self.states:
             value = self._initial[state.input_name]
+            if isinstance(value, Strings):
+                if rows is not None:
+                    value = Strings(value.values * rows, (rows, *value.shape))
+                states[state.input_name] = value
+                continue
             if rows is not None:
                 value = value.unsqueeze(0).expand(rows, *value.shape)
             states[state.input_name] = value.contiguous()
@@ -215,7 +268,18 @@ class SequenceStates:
         for name, value in request.inputs.items():
             if name not in names and isinstance(value, torch.Tensor) and value.dim() > 0:
                 return int(value.shape[0])
+            if name not in names and isinstance(value, Strings) and value.shape:
+                return int(value.shape[0])
         return 1
+
+    def _kept(self, state: StateSpec, value: object) -> InputValue:
+        """A step's state output as the next step's state input (a copy on the device)."""
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(self.device, copy=True)
+        strings = list(value)  # type: ignore[call-overload]  # the engine checked: List[str]
+        if self.config.batching:  # one string per item: [rows, 1]
+            return Strings(strings, (len(strings), *state.dims))
+        return Strings(strings, (len(strings),))
 
     def _finish(self, pending: _Pending | None, outcome: Outcome, now: float) -> Outcome:
         if pending is None:
@@ -225,10 +289,7 @@ class SequenceStates:
             # The step failed: the sequence keeps the state it had (a START: its initial state).
             new = pending.before if pending.start or key in self._held else None
         else:
-            new = {
-                s.input_name: outcome[s.output_name].detach().to(self.device, copy=True)
-                for s in self.states
-            }
+            new = {s.input_name: self._kept(s, outcome[s.output_name]) for s in self.states}
             if pending.drop:
                 outcome = {n: v for n, v in outcome.items() if n not in pending.drop}
         if pending.end or new is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
@@ -108,8 +109,9 @@ PLUGIN = Path(pytorch_backend.__file__).with_name("model.py")
 
 # broken model -> what its load error says
 BROKEN = {
-    "bad_corrid_string": "CONTROL_SEQUENCE_CORRID) has data_type TYPE_STRING",
-    "bad_state_string": "state 'INPUT__1' has data_type TYPE_STRING",
+    # string CORRID: refused for every kind (2.51 refuses the tensor); string state: .pt2 only
+    "bad_corrid_string": "CONTROL_SEQUENCE_CORRID) has data_type TYPE_STRING; tritonserver",
+    "bad_state_string": "input 'INPUT__1' is TYPE_STRING; AOT-Inductor packages take and",
     "bad_control_no_index": "sequence_batching input 'START' does not follow the <name>__<index>",
     "bad_state_no_index": "sequence_batching output 'STATE_OUT' does not follow",
     "bad_control_no_argument": "input 'CORRID__3' refers to index 3, but forward takes 3",
@@ -156,6 +158,17 @@ def server(triton, tmp_path_factory):
         "acc",
         config("acc", ACC_INPUTS, ACC_OUTPUTS, f"{IDLE} {ACC_STATE}", count=2),
         {"1/model.pt": acc_pt},
+    )
+    # a string state (TorchScript takes it as List[str])
+    log_pt = sequence_models.save_script(StringLog(), scratch / "log.pt")
+    string_state = (
+        f"{IDLE} control_input [ {controls(CORRID__2=corrid('TYPE_INT64'))} ] "
+        'state [ { input_name: "STATE__1" output_name: "STATE_OUT__1" data_type: TYPE_STRING '
+        "dims: [ 1 ] } ]"
+    )
+    strings = [tensor("INPUT__0", "TYPE_STRING")], [tensor("OUTPUT__0", "TYPE_STRING")]
+    write_model(
+        repo, "strlog", config("strlog", *strings, string_state, count=2), {"1/model.pt": log_pt}
     )
     # drop-in: the plugin is the version directory's model.py; the state output is returned too
     write_model(
@@ -346,6 +359,39 @@ def step(protocol, server, model, sequence, inputs, *, start=False, end=False, o
     return {n: result.as_numpy(n) for n in names}
 
 
+class StringLog(torch.nn.Module):
+    """Appends '<correlation id>:<word>' to the sequence's string state and returns it."""
+
+    def forward(
+        self,
+        INPUT__0: list[str],  # noqa: N803
+        STATE__1: list[str],  # noqa: N803
+        CORRID__2: torch.Tensor,  # noqa: N803
+    ) -> tuple[list[str], list[str]]:
+        out: list[str] = []
+        for i in range(len(INPUT__0)):
+            entry = str(int(CORRID__2[i])) + ":" + INPUT__0[i]
+            out.append(entry if STATE__1[i] == "" else STATE__1[i] + "," + entry)
+        return out, out
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_string_state_of_interleaved_sequences(server, protocol):
+    first, second = (41, 42) if protocol == "http" else (43, 44)
+    plan = [(first, "a", True), (second, "b", True), (first, "c", False), (second, "d", False)]
+    logs: dict[str, str] = {}
+    for sequence, word, start in plan:
+        words = np.array([word.encode()], dtype=np.object_)
+        out = step(protocol, server, "strlog", sequence, {"INPUT__0": words}, start=start)
+        entry = f"{sequence}:{word}"
+        logs[sequence] = entry if start else f"{logs[sequence]},{entry}"
+        assert out["OUTPUT__0"].reshape(-1)[0].decode() == logs[sequence]
+        assert "STATE_OUT__1" not in out
+    for sequence in (first, second):
+        words = np.array([b"end"], dtype=np.object_)
+        step(protocol, server, "strlog", sequence, {"INPUT__0": words}, end=True)
+
+
 def x1(value: float, batching: bool = False) -> np.ndarray:
     return np.array([[value]] if batching else [value], dtype=np.float32)
 
@@ -361,6 +407,7 @@ def test_healthy_models_ready_and_broken_ones_report_why(server):
         "pt2_ordinal",
         "pt2_forward",
         "eager_acc",
+        "strlog",
         examples.SEQUENCE_MODEL,
     ):
         assert server.model(model).state == "READY", server.model(model).reason

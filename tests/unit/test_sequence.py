@@ -13,6 +13,7 @@ from pytorch_backend.config import InstanceKind, ModelKind, parse_model_config
 from pytorch_backend.errors import ModelLoadError, RequestError
 from pytorch_backend.instance import InstanceArgs, build_instance
 from pytorch_backend.requests import RequestInputs, SequenceId
+from pytorch_backend.strings import Strings
 from tests import sequence_models
 
 START = {"kind": "CONTROL_SEQUENCE_START", "fp32_false_true": [0, 1]}
@@ -97,7 +98,7 @@ def test_corrid_types():
                     }
                 ]
             },
-            "control_input 'C' (CONTROL_SEQUENCE_CORRID) has data_type TYPE_STRING",
+            "control_input 'C' (CONTROL_SEQUENCE_CORRID) has data_type TYPE_STRING; tritonserver",
         ),
         (
             {
@@ -134,7 +135,10 @@ def test_corrid_types():
             },
             "more than one control of kind CONTROL_SEQUENCE_START",
         ),
-        ({"state": [state(dtype="TYPE_STRING")]}, "state 'STATE__1' has data_type TYPE_STRING"),
+        (
+            {"state": [state(dtype="TYPE_STRING", dims=("2", "2"))]},
+            "state 'STATE__1' is TYPE_STRING with dims [2, 2]; a string state must have one",
+        ),
         ({"state": [state(dims=("-1",))]}, "state 'STATE__1' has variable dims [-1]"),
         (
             {"state": [state(initial_state=[{"data_type": "TYPE_FP32", "dims": ["1"]}])]},
@@ -443,6 +447,111 @@ def test_torch_export_program_takes_controls_and_state_by_call_spec_name(tmp_pat
     second = instance.infer([step(20, 3.0), step(10, 4.0)])
     got = [float(o["RESULT[0]"][0, 0]) for o in first + second]
     assert got == [1.0 + 10, 2.0 + 20, 5.0 + 20, 5.0 + 10]  # running sum + CORRID
+
+
+class StringLog(torch.nn.Module):
+    """A string state: each step appends '<corrid>:<word>' to the sequence's log."""
+
+    def forward(
+        self,
+        INPUT__0: list[str],
+        STATE__1: list[str],
+        CORRID__2: torch.Tensor,  # noqa: N803
+    ) -> tuple[list[str], list[str]]:
+        out: list[str] = []
+        for i in range(len(INPUT__0)):
+            entry = str(int(CORRID__2[i])) + ":" + INPUT__0[i]
+            out.append(entry if STATE__1[i] == "" else STATE__1[i] + "," + entry)
+        return out, out
+
+
+def string_cfg(max_batch_size: int, initial: list | None = None) -> dict:
+    corrid = {"kind": "CONTROL_SEQUENCE_CORRID", "data_type": "TYPE_INT64"}
+    dims = ("1",)
+    extra = {"initial_state": initial} if initial else {}
+    sequence = {
+        "control_input": [{"name": "CORRID__2", "control": [corrid]}],
+        "state": [state(dtype="TYPE_STRING", dims=dims, **extra)],
+    }
+    reshape = {"reshape": {"shape": []}} if max_batch_size else {}
+    outputs = [{**io("OUTPUT__0", dims, "TYPE_STRING"), **reshape}]
+    raw = cfg(sequence, outputs=outputs, max_batch_size=max_batch_size)
+    raw["input"] = [{**io("INPUT__0", dims, "TYPE_STRING"), **reshape}]
+    return raw
+
+
+def word(sequence: int, text: str, *, start=False, batching=False) -> RequestInputs:
+    shape = (1, 1) if batching else (1,)
+    inputs = {
+        "INPUT__0": Strings([text], (1,)),  # batching: dims [1], reshape [] (one per item)
+        "CORRID__2": torch.full(shape, sequence, dtype=torch.int64),
+        "STATE__1": Strings(["\x00garbage"], shape),  # what Triton sends: ignored
+    }
+    return RequestInputs(inputs, None, SequenceId(sequence, start))
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_string_state_of_interleaved_sequences(tmp_path, batching):
+    model_dir = tmp_path / "m"
+    (model_dir / "1").mkdir(parents=True)
+    sequence_models.save_script(StringLog(), model_dir / "1" / "model.pt")
+    instance = build(model_dir, string_cfg(4 if batching else 0))
+    w = lambda *a, **k: word(*a, batching=batching, **k)  # noqa: E731
+    first = instance.infer([w(1, "x", start=True), w(2, "y", start=True)])
+    second = instance.infer([w(2, "z"), w(1, "w")])
+    got = [o["OUTPUT__0"] for o in first + second]
+    assert got == [["1:x"], ["2:y"], ["2:y,2:z"], ["1:x,1:w"]]
+    restarted = instance.infer([w(1, "v", start=True)])
+    assert restarted[0]["OUTPUT__0"] == ["1:v"] and "STATE_OUT__1" not in restarted[0]
+
+
+def test_string_initial_state_from_a_data_file(tmp_path):
+    model_dir = tmp_path / "m"
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "initial_state").mkdir()
+    data = b"".join(struct.pack("<I", len(t)) + t for t in [b"seed"])
+    (model_dir / "initial_state" / "log.bin").write_bytes(data)
+    sequence_models.save_script(StringLog(), model_dir / "1" / "model.pt")
+    initial = [{"data_type": "TYPE_STRING", "dims": ["1"], "data_file": "log.bin"}]
+    instance = build(model_dir, string_cfg(0, initial))
+    (out,) = instance.infer([word(7, "x", start=True)])
+    assert out["OUTPUT__0"] == ["seed,7:x"]
+    (model_dir / "initial_state" / "log.bin").write_bytes(struct.pack("<I", 9) + b"short")
+    with pytest.raises(ModelLoadError, match="is not serialized TYPE_STRING elements"):
+        build(model_dir, string_cfg(0, initial))
+
+
+def test_batched_string_state_needs_one_string_per_item(tmp_path):
+    model_dir = tmp_path / "m"
+    (model_dir / "1").mkdir(parents=True)
+    sequence_models.save_script(StringLog(), model_dir / "1" / "model.pt")
+    raw = string_cfg(4)
+    raw["sequence_batching"]["state"][0]["dims"] = ["2"]
+    with pytest.raises(ModelLoadError, match=r"TYPE_STRING input 'STATE__1' must be 1-D"):
+        build(model_dir, raw)
+
+
+def test_string_state_is_refused_by_a_torch_export_program(tmp_path):
+    model_dir = tmp_path / "m"
+    (model_dir / "1").mkdir(parents=True)
+    torch.export.save(sequence_models._export_stateful(), str(model_dir / "1" / "model.pt2"))
+    raw = cfg(
+        {
+            "control_input": [
+                {"name": "ARGS[2]", "control": [START]},
+                {"name": "ARGS[3]", "control": [dict(START, kind="CONTROL_SEQUENCE_READY")]},
+            ],
+            "state": [state(inp="ARGS[1]", out="RESULT[1]", dtype="TYPE_STRING")],
+        },
+        outputs=[io("RESULT[0]")],
+        max_batch_size=8,
+        platform="",
+        default_model_filename="model.pt2",
+        parameters={"TORCH_COMPILE_OPTIONAL_PARAMETERS": {"string_value": '{"disable": true}'}},
+    )
+    raw["input"] = [io("ARGS[0]")]
+    with pytest.raises(ModelLoadError, match=r"'ARGS\[1\]' is TYPE_STRING"):
+        build(model_dir, raw)
 
 
 @pytest.mark.cuda

@@ -201,6 +201,14 @@ def _check_sequence_names(
             )
 
 
+def _per_item_sequence_string(config: ModelConfig, spec: TensorSpec) -> bool:
+    """A string control or state of a batching model: one string per item (``[batch, 1]``)."""
+    sequence = config.sequence
+    if sequence is None or spec.shape != (1,):
+        return False
+    return spec.name in sequence.indexed_inputs() | sequence.state_outputs
+
+
 def _validate(config: ModelConfig) -> None:
     if not config.inputs:
         raise config.error("the configuration must declare at least one input")
@@ -216,7 +224,11 @@ def _validate(config: ModelConfig) -> None:
                 raise config.error(
                     f"{kind} '{spec.name}' is optional; optional inputs are not supported"
                 )
-            if spec.is_string and len(spec.shape) + (1 if config.batching else 0) > 1:
+            if (
+                spec.is_string
+                and len(spec.shape) + (1 if config.batching else 0) > 1
+                and not _per_item_sequence_string(config, spec)
+            ):
                 raise config.error(
                     f"TYPE_STRING {kind} '{spec.name}' must be 1-D (List[str]); got shape "
                     f"{list(spec.shape)}{' plus the batch dimension' if config.batching else ''}"

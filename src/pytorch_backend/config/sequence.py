@@ -130,10 +130,14 @@ def _control(error, name: str, raw: Mapping[str, Any]) -> Control:
     if kind == CORRID:
         dtype = _type(raw.get("data_type"))
         if dtype == STRING:
+            # Measured on tritonserver 2.51: the sequence batcher's string CORRID tensor is
+            # refused by the server itself for Python-backend models ("unexpected number of
+            # string elements 2 for inference input ..., expecting 1"), so no request could run.
             raise error(
-                f"{where} (CONTROL_SEQUENCE_CORRID) has data_type TYPE_STRING; string "
-                "correlation ids cannot be passed to PyTorch models here: use TYPE_INT32, "
-                "TYPE_INT64 or TYPE_UINT64"
+                f"{where} (CONTROL_SEQUENCE_CORRID) has data_type TYPE_STRING; tritonserver "
+                "refuses string correlation-id tensors for Python-backend models (every request "
+                "would fail), so use TYPE_INT32, TYPE_INT64 or TYPE_UINT64 (string sequence ids "
+                "still work: the backend keys its state on the request's correlation id)"
             )
         if dtype not in CORRID_TYPES:
             raise error(
@@ -184,18 +188,18 @@ def _state(error, raw: Mapping[str, Any]) -> StateSpec:
             f"input_name={input_name!r}, output_name={output_name!r}"
         )
     dtype = _type(raw.get("data_type"))
-    if dtype == STRING:
+    dims = _dims(raw.get("dims"))
+    if dtype == STRING and len(dims) != 1:
+        # A string state is one List[str]; .pt2 and torch.export refuse it when binding.
         raise error(
-            f"sequence_batching state '{input_name}' has data_type TYPE_STRING; string state is "
-            "not supported (an AOT-Inductor package cannot take strings, and string state is "
-            "not implemented for the other kinds)"
+            f"sequence_batching state '{input_name}' is TYPE_STRING with dims {list(dims)}; "
+            "a string state must have one dimension (it reaches the model as List[str])"
         )
     if dtype not in SUPPORTED:
         raise error(
             f"sequence_batching state '{input_name}' has unsupported data_type "
             f"{raw.get('data_type')!r}"
         )
-    dims = _dims(raw.get("dims"))
     initial = _initial(error, input_name, _entries(raw.get("initial_state")))
     if initial is not None and initial.dtype and initial.dtype != dtype:
         raise error(
