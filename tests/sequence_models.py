@@ -53,6 +53,22 @@ class Stateful(torch.nn.Module):
         return new_state * ready + corrid.to(torch.float32), new_state
 
 
+class StringLog(torch.nn.Module):
+    """A string state: each step appends '<corrid>:<word>' to the sequence's log and returns it."""
+
+    def forward(
+        self,
+        INPUT__0: list[str],  # noqa: N803
+        STATE__1: list[str],  # noqa: N803
+        CORRID__2: torch.Tensor,  # noqa: N803
+    ) -> tuple[list[str], list[str]]:
+        out: list[str] = []
+        for i in range(len(INPUT__0)):
+            entry = str(int(CORRID__2[i])) + ":" + INPUT__0[i]
+            out.append(entry if STATE__1[i] == "" else STATE__1[i] + "," + entry)
+        return out, out
+
+
 def _export_stateful() -> torch.export.ExportedProgram:
     batch = torch.export.Dim("batch", min=1, max=8)
     # distinct tensors: torch.export treats one tensor passed twice as one input

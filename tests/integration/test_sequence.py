@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
@@ -160,7 +159,7 @@ def server(triton, tmp_path_factory):
         {"1/model.pt": acc_pt},
     )
     # a string state (TorchScript takes it as List[str])
-    log_pt = sequence_models.save_script(StringLog(), scratch / "log.pt")
+    log_pt = sequence_models.save_script(sequence_models.StringLog(), scratch / "log.pt")
     string_state = (
         f"{IDLE} control_input [ {controls(CORRID__2=corrid('TYPE_INT64'))} ] "
         'state [ { input_name: "STATE__1" output_name: "STATE_OUT__1" data_type: TYPE_STRING '
@@ -357,22 +356,6 @@ def step(protocol, server, model, sequence, inputs, *, start=False, end=False, o
         else [o.name for o in response.outputs]
     )
     return {n: result.as_numpy(n) for n in names}
-
-
-class StringLog(torch.nn.Module):
-    """Appends '<correlation id>:<word>' to the sequence's string state and returns it."""
-
-    def forward(
-        self,
-        INPUT__0: list[str],  # noqa: N803
-        STATE__1: list[str],  # noqa: N803
-        CORRID__2: torch.Tensor,  # noqa: N803
-    ) -> tuple[list[str], list[str]]:
-        out: list[str] = []
-        for i in range(len(INPUT__0)):
-            entry = str(int(CORRID__2[i])) + ":" + INPUT__0[i]
-            out.append(entry if STATE__1[i] == "" else STATE__1[i] + "," + entry)
-        return out, out
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

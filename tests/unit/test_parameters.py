@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from pytorch_backend.config import GradPolicy
+from pytorch_backend.config.parameter_table import markdown_table
 from pytorch_backend.config.parameters import (
     KNOWN_KEYS,
     PARAMETERS,
     BackendParameters,
-    markdown_table,
     parse_bool,
     parse_parameters,
 )

@@ -449,22 +449,6 @@ def test_torch_export_program_takes_controls_and_state_by_call_spec_name(tmp_pat
     assert got == [1.0 + 10, 2.0 + 20, 5.0 + 20, 5.0 + 10]  # running sum + CORRID
 
 
-class StringLog(torch.nn.Module):
-    """A string state: each step appends '<corrid>:<word>' to the sequence's log."""
-
-    def forward(
-        self,
-        INPUT__0: list[str],
-        STATE__1: list[str],
-        CORRID__2: torch.Tensor,  # noqa: N803
-    ) -> tuple[list[str], list[str]]:
-        out: list[str] = []
-        for i in range(len(INPUT__0)):
-            entry = str(int(CORRID__2[i])) + ":" + INPUT__0[i]
-            out.append(entry if STATE__1[i] == "" else STATE__1[i] + "," + entry)
-        return out, out
-
-
 def string_cfg(max_batch_size: int, initial: list | None = None) -> dict:
     corrid = {"kind": "CONTROL_SEQUENCE_CORRID", "data_type": "TYPE_INT64"}
     dims = ("1",)
@@ -494,7 +478,7 @@ def word(sequence: int, text: str, *, start=False, batching=False) -> RequestInp
 def test_string_state_of_interleaved_sequences(tmp_path, batching):
     model_dir = tmp_path / "m"
     (model_dir / "1").mkdir(parents=True)
-    sequence_models.save_script(StringLog(), model_dir / "1" / "model.pt")
+    sequence_models.save_script(sequence_models.StringLog(), model_dir / "1" / "model.pt")
     instance = build(model_dir, string_cfg(4 if batching else 0))
     w = lambda *a, **k: word(*a, batching=batching, **k)  # noqa: E731
     first = instance.infer([w(1, "x", start=True), w(2, "y", start=True)])
@@ -511,7 +495,7 @@ def test_string_initial_state_from_a_data_file(tmp_path):
     (model_dir / "initial_state").mkdir()
     data = b"".join(struct.pack("<I", len(t)) + t for t in [b"seed"])
     (model_dir / "initial_state" / "log.bin").write_bytes(data)
-    sequence_models.save_script(StringLog(), model_dir / "1" / "model.pt")
+    sequence_models.save_script(sequence_models.StringLog(), model_dir / "1" / "model.pt")
     initial = [{"data_type": "TYPE_STRING", "dims": ["1"], "data_file": "log.bin"}]
     instance = build(model_dir, string_cfg(0, initial))
     (out,) = instance.infer([word(7, "x", start=True)])
@@ -524,7 +508,7 @@ def test_string_initial_state_from_a_data_file(tmp_path):
 def test_batched_string_state_needs_one_string_per_item(tmp_path):
     model_dir = tmp_path / "m"
     (model_dir / "1").mkdir(parents=True)
-    sequence_models.save_script(StringLog(), model_dir / "1" / "model.pt")
+    sequence_models.save_script(sequence_models.StringLog(), model_dir / "1" / "model.pt")
     raw = string_cfg(4)
     raw["sequence_batching"]["state"][0]["dims"] = ["2"]
     with pytest.raises(ModelLoadError, match=r"TYPE_STRING input 'STATE__1' must be 1-D"):

@@ -3,7 +3,8 @@
 :data:`PARAMETERS` is the single list of keys this backend knows. Each entry gives the key, its
 aliases, its parser, its default, the model kinds it has an effect on and a one-line effect; the
 registry drives parsing, the unknown-key hints, the order of the effective-value log lines
-(``runtime.report``) and the README's parameter table (:func:`markdown_table`, checked by a test).
+(``runtime.report``) and the README's parameter table (:func:`.parameter_table.markdown_table`,
+checked by a test).
 
 Keys are case-sensitive, as upstream. Values follow the C++ backend's parsing where it is sane and
 are stricter where it is not:
@@ -379,26 +380,3 @@ def parse_parameters(
             warn(f"unknown parameter '{key}' is ignored ({hint})")
 
     return BackendParameters(**values)  # type: ignore[arg-type]
-
-
-def _applies(parameter: Parameter, kind: ModelKind) -> str:
-    if parameter.reader != BACKEND:
-        return ""
-    if not parameter.applies_to:
-        return "—"
-    return "yes" if kind in parameter.applies_to else "no effect"
-
-
-def markdown_table() -> str:
-    """The README's parameter table, generated from :data:`PARAMETERS`."""
-    lines = [
-        "| parameter | default | effect | TorchScript | AOTI .pt2 | nn.Module | torch.export |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for p in PARAMETERS:
-        name = f"`{p.key}`" + (
-            f" (alias {', '.join(f'`{a}`' for a in p.aliases)})" if p.aliases else ""
-        )
-        cells = (name, p.default, p.effect, *(_applies(p, kind) for kind in ModelKind))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
