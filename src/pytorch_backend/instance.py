@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from .executors.base import Executor, LoadContext
 from .executors.registry import REGISTRY, resolve_model
 from .hooks import Hook, Hooks
 from .logs import InstanceLog, Sink
-from .metrics import MetricsHook, Registry
+from .metrics import MetricsHook, Registry, series_labels
 from .requests import Outcome, RequestInputs
 from .runtime.cuda_graphs import CudaGraphBackend, GraphExecutor, cuda_graphs_unsupported
 from .runtime.devices import InstanceStream, activate_device, resolve_instance_device
@@ -109,6 +110,10 @@ class Instance:
         if self.sequences is not None:
             return self.sequences.infer(requests, self.engine.infer)
         return self.engine.infer(requests)
+
+    def executing(self) -> AbstractContextManager[None]:
+        """Around one execute (the adapter's): metrics flush between executes, never during."""
+        return self.metrics.executing() if self.metrics is not None else nullcontext()
 
     def responded(self, nanoseconds: int) -> None:
         """The adapter reports how long building the last execute's responses took."""
@@ -351,7 +356,7 @@ def _metrics(
         return None, "false"
     if registry is None:
         return None, "true, no effect: this server has no custom metrics API (MetricFamily)"
-    labels = {"model": log.model, "version": args.version, "model_instance": log.instance or ""}
+    labels = series_labels(log.model, args.version, log.instance or "")
     hook = MetricsHook(
         registry,
         labels,

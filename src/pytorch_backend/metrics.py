@@ -6,23 +6,34 @@ them after each execute from :class:`~pytorch_backend.hooks.ExecuteStats` and th
 knows Triton: the adapter (model.py) supplies a registry built on ``pb_utils.MetricFamily``, so
 the series appear on Triton's metrics port beside its own; tests use a fake one.
 
-Every series carries the labels ``model``, ``version`` and ``model_instance``.
+Every series carries the labels ``model``, ``version``, ``model_instance`` and ``pid`` (the stub
+process). ``pid`` is what keeps the server's heap whole across reloads: tritonserver shares one
+Prometheus series between every stub that creates the same family and labels, and frees it when
+the first of them deletes its handle (server #8663, core #471), while the others go on writing to
+it. A reloaded instance has the same model, version and instance name as the one it replaces,
+which finalizes while the new one serves, so without ``pid`` the old stub's teardown freed the
+new stub's series and the new one's next flush wrote into freed memory (glibc's ``unaligned
+tcache chunk detected``). Two live processes never share a pid.
 
 Cost: each call on a Python-backend metric is a round trip to the server process (about 50 µs
 measured; one call per value per execute added about 0.3 ms to a 0.65 ms request). So the hook
-only adds to plain Python numbers under a lock, and a background thread flushes what changed once
-every :data:`FLUSH_SECONDS`: a bounded number of calls whatever the request rate. For the same
-reason histograms are classic Prometheus histograms written as counters (``<name>_bucket`` with
-an ``le`` label, ``<name>_sum``, ``<name>_count``), which ``histogram_quantile`` reads as usual:
-the server's native HISTOGRAM kind takes one call per observation and cannot be batched.
+only adds to plain Python numbers, and what changed reaches the server at most once every
+:data:`FLUSH_SECONDS`: at the end of an execute when one is due (:meth:`MetricsHook.executing`),
+else from an idle flusher that runs only between executes, never beside one. For the same reason
+histograms are classic Prometheus histograms written as counters (``<name>_bucket`` with an
+``le`` label, ``<name>_sum``, ``<name>_count``), which ``histogram_quantile`` reads as usual: the
+server's native HISTOGRAM kind takes one call per observation and cannot be batched.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import enum
+import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,8 +50,9 @@ class MetricKind(enum.Enum):
 
 
 #: The labels of every series (not ``instance``: Prometheus sets that to the scraped target and
-#: would rename ours to ``exported_instance``).
-LABELS = ("model", "version", "model_instance")
+#: would rename ours to ``exported_instance``). ``pid`` keeps a reloaded instance's series apart
+#: from those of the process it replaces (see the module's docstring).
+LABELS = ("model", "version", "model_instance", "pid")
 #: The ``kind`` label of failed requests (``PyTorchBackendError.kind``).
 ERROR_KINDS = ("bad_input", "model_error", "cancelled", "unavailable")
 #: Seconds, from 100 µs (a tiny CPU forward) to 5 s (a big batch). Few buckets on purpose: each
@@ -48,6 +60,12 @@ ERROR_KINDS = ("bad_input", "model_error", "cancelled", "unavailable")
 TIME_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 #: How often buffered values reach the server (scrapes are usually 15 s or more apart).
 FLUSH_SECONDS = 1.0
+
+
+def series_labels(model: str, version: str, instance: str) -> dict[str, str]:
+    """:data:`LABELS` for an instance served by this process."""
+    return {"model": model, "version": version, "model_instance": instance,
+            "pid": str(os.getpid())}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -242,8 +260,11 @@ class _Histogram:
 class MetricsHook(Hook):
     """Records :data:`METRICS` for one instance; built by the composition root.
 
-    Call :meth:`start` to flush from a background thread every :data:`FLUSH_SECONDS` (the adapter
-    does); :meth:`flush` pushes what is buffered at once; :meth:`close` stops and flushes.
+    The adapter runs each execute inside :meth:`executing`, which flushes at its end once
+    :data:`FLUSH_SECONDS` have passed since the last flush, and calls :meth:`start` for the idle
+    flusher (what an execute left buffered reaches the server within about
+    :data:`FLUSH_SECONDS` even if no execute follows). Registry calls are never made while an
+    execute runs. :meth:`flush` pushes what is buffered at once; :meth:`close` stops and flushes.
     """
 
     def __init__(
@@ -286,6 +307,9 @@ class MetricsHook(Hook):
         self._histograms = [h for h in (rows, self._prepare, self._forward, self._respond) if h]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._serving = threading.Lock()  # held by an execute, and by the idle flusher
+        self._interval = FLUSH_SECONDS
+        self._flushed_at = time.monotonic()
 
     # -- seams: what other parts of the backend report ------------------------------------------
 
@@ -328,8 +352,17 @@ class MetricsHook(Hook):
 
     # -- flushing -----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def executing(self) -> Iterator[None]:
+        """Around one execute: keeps the idle flusher out, and flushes at the end when due."""
+        with self._serving:
+            yield
+            if time.monotonic() - self._flushed_at >= self._interval:
+                self.flush()
+
     def flush(self) -> None:
         """Send what changed since the last flush to the registry (one call per changed series)."""
+        self._flushed_at = time.monotonic()
         with self._lock:
             padded = self.counters.padded_rows - self._seen_padded
             recompiled = self.counters.recompilations - self._seen_recompilations
@@ -346,12 +379,18 @@ class MetricsHook(Hook):
             gauge.set(float(read()))
 
     def start(self, interval: float = FLUSH_SECONDS) -> None:
-        """Flush every ``interval`` seconds from a daemon thread until :meth:`close`."""
+        """Flush now, then start the idle flusher: a daemon thread that, between executes,
+        flushes what is left once ``interval`` seconds passed since the last flush (gauges are
+        refreshed too, at most every ``interval`` seconds)."""
+        self._interval = interval
         self.flush()
 
         def loop() -> None:
-            while not self._stop.wait(interval):
-                self.flush()
+            while not self._stop.wait(interval / 2):
+                with self._serving:
+                    due = time.monotonic() - self._flushed_at >= interval
+                    if due and not self._stop.is_set():
+                        self.flush()
 
         self._thread = threading.Thread(target=loop, name="pytorch_backend-metrics", daemon=True)
         self._thread.start()

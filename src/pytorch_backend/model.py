@@ -46,6 +46,7 @@ try:
     )
     from pytorch_backend.instance import Instance, InstanceArgs, build_instance
     from pytorch_backend.requests import RequestInputs, SequenceId
+    from pytorch_backend.runtime import orphan
     from pytorch_backend.strings import decode_strings, encode_strings
 except ImportError as exc:  # pragma: no cover - only reachable inside a misconfigured stub
     raise ImportError(
@@ -120,6 +121,16 @@ class _TritonMetrics:
         self._families.clear()  # after the instance dropped its series, as the API requires
 
 
+def _watch_for_orphaning() -> None:
+    """End this stub promptly if its tritonserver dies (``runtime.orphan``)."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            argv = [part.decode(errors="replace") for part in f.read().split(b"\0")]
+    except OSError:
+        argv = []
+    orphan.watch(orphan.stub_shm_region(argv))
+
+
 def _cancelled(request) -> bool:
     """``request.is_cancelled()`` (Python backend 23.10+; False where it does not exist)."""
     is_cancelled = getattr(request, "is_cancelled", None)
@@ -149,6 +160,7 @@ class TritonPythonModel:
         return auto_complete_model_config
 
     def initialize(self, args: dict[str, str]) -> None:
+        _watch_for_orphaning()
         self._metrics = _TritonMetrics.create()
         try:
             self._instance: Instance = build_instance(
@@ -164,24 +176,25 @@ class TritonPythonModel:
             # Triton's state inputs hold uninitialised memory: the sequence store replaces them.
             self._skipped = sequence.state_inputs if self._sequences and sequence else frozenset()
             if self._instance.metrics is not None:
-                self._instance.metrics.start()  # flushes to the server from a background thread
+                self._instance.metrics.start()  # flushes between executes (see metrics.py)
             return
         # Raised here, without the frames it came through: the Python backend appends every
         # frame of the traceback ("At: file(line)") to the load error a user reads.
         raise failure.with_traceback(None) from None
 
     def execute(self, requests: list) -> list:
-        try:
-            outcomes = self._instance.infer([self._request_inputs(r) for r in requests])
-            start = time.perf_counter_ns()
-            responses = [self._response(outcome) for outcome in outcomes]
-            self._instance.responded(time.perf_counter_ns() - start)
-            return responses
-        except Exception as exc:  # never raise out of execute: answer every request
-            message = f"internal error: {type(exc).__name__}: {exc}"
-            self._instance.log.error(message)
-            error = self._error(PyTorchBackendError(message))
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        with self._instance.executing():  # metrics reach the server between executes only
+            try:
+                outcomes = self._instance.infer([self._request_inputs(r) for r in requests])
+                start = time.perf_counter_ns()
+                responses = [self._response(outcome) for outcome in outcomes]
+                self._instance.responded(time.perf_counter_ns() - start)
+                return responses
+            except Exception as exc:  # never raise out of execute: answer every request
+                message = f"internal error: {type(exc).__name__}: {exc}"
+                self._instance.log.error(message)
+                error = self._error(PyTorchBackendError(message))
+                return [pb_utils.InferenceResponse(error=error) for _ in requests]
 
     def is_ready(self) -> bool:
         """Readiness (Python backends with user readiness checks, 26.x; older ones never call
@@ -192,6 +205,8 @@ class TritonPythonModel:
     is_model_ready = is_ready  # the name some Python backend releases look up
 
     def finalize(self) -> None:
+        if orphan.orphaned():  # the server is gone: nothing below could reach it, and would hang
+            orphan.exit_now()
         instance = getattr(self, "_instance", None)
         if instance is not None:
             instance.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +23,7 @@ from pytorch_backend.runtime.execution import StickyErrorWatch
 from tests.unit.test_instance import args, ts_config, ts_repo
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-LABELS = {"model": "m", "version": "1", "model_instance": "m_0"}
+LABELS = metrics.series_labels("m", "1", "m_0")
 
 
 class Series:
@@ -211,6 +213,70 @@ def test_background_flushing_and_close(tmp_path):
     hook.close()  # flushes what is left
     assert registry.get(metrics.ANSWERED.name).value == 2
     assert registry.get(metrics.FAILED.name, kind="bad_input").value == 1
+
+
+def test_series_carry_this_process_id():
+    # A reloaded instance's series differ from those of the stub it replaces (server #8663).
+    expected = {"model": "m", "version": "1", "model_instance": "m_0", "pid": str(os.getpid())}
+    assert expected == LABELS
+
+
+class WatchedSeries(Series):
+    """Records every registry call made while an execute body runs (``inside`` is set)."""
+
+    inside = threading.Event()
+    overlaps: list[str] = []
+
+    def increment(self, value: float) -> None:
+        if self.inside.is_set():
+            self.overlaps.append(threading.current_thread().name)
+        super().increment(value)
+
+    def set(self, value: float) -> None:
+        if self.inside.is_set():
+            self.overlaps.append(threading.current_thread().name)
+        super().set(value)
+
+
+def test_registry_calls_never_overlap_an_execute_and_idle_values_still_arrive():
+    registry = FakeRegistry()
+    registry_get = registry._get
+
+    def watched(spec, labels, kind):
+        series = registry_get(spec, labels, kind)
+        series.__class__ = WatchedSeries
+        return series
+
+    registry._get = watched
+    engine, hook = engine_with_metrics(registry)
+    hook.watch_sequences(lambda: 1)  # a gauge: set at every flush, busy or not
+    hook.start(interval=0.01)
+    WatchedSeries.overlaps.clear()
+    for _ in range(40):
+        with hook.executing():
+            WatchedSeries.inside.set()
+            engine.infer([req(torch.ones(1, 2))])
+            time.sleep(0.005)  # the flusher's interval passes while the execute runs
+            WatchedSeries.inside.clear()
+    assert WatchedSeries.overlaps == []
+    deadline = time.monotonic() + 30  # idle now: the flusher delivers what is left
+    while registry.get(metrics.ANSWERED.name).value < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert registry.get(metrics.ANSWERED.name).value == 40
+    hook.close()
+
+
+def test_an_execute_flushes_at_its_end_only_when_a_flush_is_due():
+    registry = FakeRegistry()
+    engine, hook = engine_with_metrics(registry)
+    hook.flush()
+    with hook.executing():
+        engine.infer([req(torch.ones(1, 2))])
+    assert registry.get(metrics.ANSWERED.name).value == 0  # not due: buffered
+    hook._flushed_at -= metrics.FLUSH_SECONDS
+    with hook.executing():
+        engine.infer([req(torch.ones(1, 2))])
+    assert registry.get(metrics.ANSWERED.name).value == 2  # due: flushed at the end
 
 
 def test_executor_counters_are_the_seam_for_recompilations_and_warmup():

@@ -1,0 +1,113 @@
+"""The orphan watchdog without Triton: a process whose parent dies is ended, not before."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from pytorch_backend.runtime import orphan
+
+# The "server": starts the "stub" and waits for the word to die. The stub starts its watchdog
+# (its parent is the server) and then sleeps, the way a hung teardown would.
+SERVER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    from pathlib import Path
+    stub = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+    print(stub.pid, flush=True)
+    while not Path(sys.argv[2]).exists():
+        time.sleep(0.05)
+    """
+)
+STUB = textwrap.dedent(
+    """
+    import time
+    from pytorch_backend.runtime import orphan
+    orphan.watch({region!r}, poll=0.1)
+    print(orphan.orphaned(), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return not re.search(r"^State:\s+Z", status, re.M)
+
+
+def _watchdogs_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if orphan.WATCHDOG_NAME.encode() in argv and stat.rsplit(")", 1)[1].split()[1] == str(
+                pid
+            ):
+                found.append(int(entry))
+    return found
+
+
+def test_the_stub_runs_while_its_server_lives_and_ends_when_it_dies(tmp_path):
+    region, die = tmp_path / "region", tmp_path / "die"
+    region.write_bytes(b"shared memory")
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, STUB.format(region=str(region)), str(die)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stub = int(server.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not _watchdogs_of(stub) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _watchdogs_of(stub), "the stub started its watchdog"
+        time.sleep(1.0)  # ten polls while the server lives: nothing happens
+        assert _alive(stub) and region.exists()
+        server.send_signal(signal.SIGKILL)  # the server dies without a word
+        server.wait()
+        deadline = time.monotonic() + 10
+        while _alive(stub) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(stub), "the orphaned stub was ended"
+        assert not region.exists(), "its shared-memory region was unlinked"
+    finally:
+        for pid in (stub, *_watchdogs_of(stub)):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        server.stdout.close()
+
+
+def test_the_watchdog_ends_with_its_stub(tmp_path):
+    stub = subprocess.Popen([sys.executable, "-c", STUB.format(region="")], stdout=subprocess.PIPE)
+    try:
+        assert stub.stdout.readline().strip() == b"False"  # not orphaned while its parent lives
+        (watchdog,) = _watchdogs_of(stub.pid)
+        stub.kill()
+        stub.wait()
+        deadline = time.monotonic() + 10
+        while _alive(watchdog) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(watchdog), "no watchdog outlives its stub"
+    finally:
+        stub.stdout.close()
+
+
+def test_the_stub_region_comes_from_the_stub_command_line():
+    stub = "/opt/tritonserver/backends/python/triton_python_backend_stub"
+    assert orphan.stub_shm_region([stub, "m/1/model.py", "triton_region_1", "1"]) == (
+        "/dev/shm/triton_region_1"
+    )
+    assert orphan.stub_shm_region(["python", "x", "y"]) is None
+    assert orphan.stub_shm_region([stub, "m", "../etc/passwd"]) is None
