@@ -122,6 +122,7 @@ class Load:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.answered: Counter = Counter()
+        self.by_protocol: Counter = Counter()  # "model/http" -> answers
         self.errors: dict[str, list[str]] = {m: [] for m in MODELS}
         self.wrong: list[str] = []
         self.versions = {1, 2}  # answers of `versioned` may come from either while it switches
@@ -173,6 +174,7 @@ class Load:
                 )
                 with self.lock:
                     self.answered[model] += 1
+                    self.by_protocol[f"{model}/{protocol}"] += 1
                     if not good:
                         self.wrong.append(f"{model} over {protocol}: {y[0, :3]} for {x[0, :3]}")
         finally:
@@ -332,7 +334,11 @@ def run_cycles(repo: Path, ports, log: Path, cycles: int, seed: int, echo=print)
                 if rows[-1].get("dead"):
                     break
             answered = dict(load.answered)
+            by_protocol = dict(load.by_protocol)
             wrong_total = len(load.wrong)
+        # An HTTP connection still open at SIGTERM holds tritonserver for --exit-timeout-secs,
+        # after which it gives up with exit code 1 ("Exit timeout expired"): close ours first.
+        harness.http.close()
         pid = server.pid
         code = server.stop(timeout=120)
     finally:
@@ -352,6 +358,10 @@ def run_cycles(repo: Path, ports, log: Path, cycles: int, seed: int, echo=print)
         "seconds": round(time.monotonic() - started, 1),
         "seconds_per_cycle": round(sum(r.get("seconds", 0) for r in rows) / max(len(rows), 1), 2),
         "answered": answered,
+        "answered_per_second": {
+            k: round(v / max(time.monotonic() - started, 1e-9), 1)
+            for k, v in sorted(by_protocol.items())
+        },  # fmt: skip
         "wrong_answers": wrong_total,
         "tolerated_errors_of_reloading_models": dict(harness.tolerated),
         "server_exit_code": code,
