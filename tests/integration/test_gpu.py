@@ -179,8 +179,7 @@ def test_kind_gpu_runs_on_the_gpu_and_its_outputs_come_back(server, protocol, mo
 def test_cuda_graphs_were_captured_at_the_warm_up_sizes(server):
     lines = [line for line in server.log_text().splitlines() if "CUDA_GRAPHS = " in line]
     graphs = [line for line in lines if "'graphs'" in line]
-    assert graphs and "no effect" not in graphs[0], lines
-    assert all(size in graphs[0] for size in ("1", "4", "8")), graphs[0]
+    assert graphs and "CUDA_GRAPHS = true (graphs for batch sizes [1, 4, 8])" in graphs[0], lines
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
