@@ -187,17 +187,19 @@ NAIVE_MODEL_PY = textwrap.dedent(
     class TritonPythonModel:
         def initialize(self, args):
             path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
-            self.model = torch.jit.load(str(path))
+            gpu = args.get("model_instance_kind") == "GPU"
+            self.device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
+            self.model = torch.jit.load(str(path), map_location=self.device)
             self.model.eval()
 
         def execute(self, requests):
             responses = []
             for request in requests:
                 array = pb_utils.get_input_tensor_by_name(request, "INPUT__0").as_numpy()
-                x = torch.from_numpy(array)
+                x = torch.from_numpy(array).to(self.device)
                 with torch.no_grad():
                     out = self.model(x)
-                tensor = pb_utils.Tensor("OUTPUT__0", out.numpy())
+                tensor = pb_utils.Tensor("OUTPUT__0", out.cpu().numpy())
                 responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
             return responses
     '''
@@ -217,7 +219,9 @@ LEAN_MODEL_PY = textwrap.dedent(
     class TritonPythonModel:
         def initialize(self, args):
             path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
-            self.model = torch.jit.load(str(path)).eval()
+            gpu = args.get("model_instance_kind") == "GPU"
+            self.device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
+            self.model = torch.jit.load(str(path), map_location=self.device).eval()
 
         def execute(self, requests):
             inputs = [
@@ -227,7 +231,7 @@ LEAN_MODEL_PY = textwrap.dedent(
             sizes = [x.shape[0] for x in inputs]
             with torch.inference_mode():
                 batch = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
-                out = self.model(batch)
+                out = self.model(batch.to(self.device))
             return [
                 pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor.from_dlpack("OUTPUT__0", to_dlpack(piece))]
@@ -292,8 +296,8 @@ def served_name(model: BenchModel, variant: str) -> str:
     return f"{model.name}_{variant}"
 
 
-def config_text(model: BenchModel, variant: str, eager_compile: str) -> str:
-    """``config.pbtxt``: batch-1 requests, dynamic batching, one CPU instance, defaults."""
+def config_text(model: BenchModel, variant: str, eager_compile: str, kind: str = "cpu") -> str:
+    """``config.pbtxt``: batch-1 requests, dynamic batching, one instance of ``kind``."""
     backend = "pytorch_python" if variant in ("ts", "pt2", "eager") else "python"
     lines = [f'name: "{served_name(model, variant)}"', f'backend: "{backend}"']
     if variant == "pt2":
@@ -304,7 +308,7 @@ def config_text(model: BenchModel, variant: str, eager_compile: str) -> str:
         f"max_batch_size: {MAX_BATCH}",
         f'input [ {{ name: "{INPUT}" data_type: TYPE_FP32 dims: {list(model.input_dims)} }} ]',
         f'output [ {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: {list(model.output_dims)} }} ]',
-        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+        f"instance_group [ {{ kind: KIND_{kind.upper()} count: 1 }} ]",
         "dynamic_batching { }",
     ]
     if variant == "eager":
@@ -316,7 +320,7 @@ def config_text(model: BenchModel, variant: str, eager_compile: str) -> str:
 
 
 def write_repository(
-    root: Path, models: list[BenchModel], variants: list[str], eager_compile: str
+    root: Path, models: list[BenchModel], variants: list[str], eager_compile: str, kind: str = "cpu"
 ) -> list[str]:
     """One model directory per (model, served variant) under ``root``; returns the names."""
     names = []
@@ -328,7 +332,8 @@ def write_repository(
             name = served_name(model, variant)
             version = root / name / "1"
             version.mkdir(parents=True)
-            (root / name / "config.pbtxt").write_text(config_text(model, variant, eager_compile))
+            config = config_text(model, variant, eager_compile, kind)
+            (root / name / "config.pbtxt").write_text(config)
             if variant == "pt2":
                 (version / "model.pt2").write_bytes(build_aoti(model).read_bytes())
             elif variant == "eager":
