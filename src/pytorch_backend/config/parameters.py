@@ -34,6 +34,7 @@ from .values import (
     parse_class_name,
     parse_file_name,
     parse_library_list,
+    parse_method_name,
     parse_module_file_name,
     parse_thread_count,
 )
@@ -41,6 +42,8 @@ from .values import (
 ALL_KINDS = frozenset(ModelKind)
 TORCHSCRIPT_ONLY = frozenset({ModelKind.TORCHSCRIPT})
 EAGER_ONLY = frozenset({ModelKind.EAGER})
+#: Kinds whose methods can be called by name (``METHOD``).
+METHOD_KINDS = frozenset({ModelKind.TORCHSCRIPT, ModelKind.EAGER})
 #: Kinds whose nn.Module this backend holds (weights in Python tensors, torch.compile).
 MODULE_KINDS = frozenset({ModelKind.TORCHSCRIPT, ModelKind.EAGER, ModelKind.EXPORTED_PROGRAM})
 COMPILED_KINDS = frozenset({ModelKind.EAGER, ModelKind.EXPORTED_PROGRAM})
@@ -72,6 +75,7 @@ class BackendParameters:
     torch_compile: CompileOptions = CompileOptions()
     module_filename: str | None = None
     module_class: str | None = None
+    method: str = "forward"
     enable_metrics: bool = True
     warmup: bool = True
     warmup_batch_sizes: tuple[int, ...] | None = None
@@ -241,6 +245,15 @@ PARAMETERS: tuple[Parameter, ...] = (
         "module_class",
         parse_class_name,
         EAGER_ONLY,
+    ),
+    Parameter(
+        "METHOD",
+        "the method served: a TorchScript `@torch.jit.export` method or an nn.Module method; "
+        "names and auto-completion follow its signature; a `.pt2` refuses any other than forward",
+        "`forward`",
+        "method",
+        parse_method_name,
+        METHOD_KINDS,
     ),
     Parameter(
         "ENABLE_METRICS",

@@ -73,6 +73,13 @@ def parse_class_name(model: str, key: str, value: str) -> str:
     return value
 
 
+def parse_method_name(model: str, key: str, value: str) -> str:
+    """A Python identifier (the name of the model's method to serve)."""
+    if not value.isidentifier():
+        raise _bad(model, key, value, "a method name such as 'forward' or 'encode'")
+    return value
+
+
 def parse_batch_sizes(model: str, key: str, value: str) -> tuple[int, ...]:
     """Comma-separated positive batch sizes (``"1,4,16"``), sorted and without repeats."""
     parts = [p.strip() for p in value.split(",")]

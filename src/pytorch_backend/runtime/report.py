@@ -183,6 +183,7 @@ DESCRIBERS: Mapping[str, Describer] = {
     "TORCH_COMPILE_OPTIONAL_PARAMETERS": _for_kind(
         "TORCH_COMPILE_OPTIONAL_PARAMETERS", lambda e: e.params.torch_compile.describe()
     ),
+    "METHOD": _for_kind("METHOD", lambda e: e.params.method),
     "ENABLE_METRICS": lambda e: e.metrics,
     "WARMUP": _warmup,
     "WARMUP_BATCH_SIZES": _warmup_sizes,
