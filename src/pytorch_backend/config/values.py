@@ -80,6 +80,16 @@ def parse_method_name(model: str, key: str, value: str) -> str:
     return value
 
 
+def parse_cache_directory(model: str, key: str, value: str) -> str:
+    """``off`` (also ``false``/``0``), or an absolute directory path."""
+    value = value.strip()
+    if value.lower() in ("off", "false", "0"):
+        return "off"
+    if not value.startswith("/"):
+        raise _bad(model, key, value, "'off' or an absolute directory path")
+    return value
+
+
 def parse_batch_sizes(model: str, key: str, value: str) -> tuple[int, ...]:
     """Comma-separated positive batch sizes (``"1,4,16"``), sorted and without repeats."""
     parts = [p.strip() for p in value.split(",")]

@@ -10,6 +10,7 @@ names with the TorchScript rules from the forward's signature, then compile and 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from ..torchscript.naming import (
     positional_args,
 )
 from . import module as module_file
+from .compile_cache import OFF, PACKAGED, CompileCache, default_directory, key_parts
 from .compiled import CompileWatch, compile_module, warm_up
 from .signature import forward_signature, keyword_only, uses_strings
 
@@ -115,6 +117,27 @@ def build_module(context: LoadContext) -> tuple[torch.nn.Module, torch.device]:
     return module, input_device
 
 
+def _compile_cache(
+    context: LoadContext, module: torch.nn.Module, device: torch.device
+) -> CompileCache | None:
+    """The instance's compile-cache entry (None: ``COMPILE_CACHE: off``)."""
+    setting = context.params.compile_cache
+    if setting == OFF:
+        context.log.info("compile cache: off")
+        return None
+    writable = Path(setting) if setting else default_directory()
+    parts = key_parts(
+        context.path,
+        module_file.weights_path(context.path),
+        type(module).__name__,
+        context.params.method,
+        context.params.torch_compile.text,
+        device.type,
+    )
+    packaged = context.path.parent / PACKAGED
+    return CompileCache(parts, writable, packaged, context.log)
+
+
 def load(context: LoadContext) -> EagerExecutor:
     """The registry's factory: build the module, bind its names, compile and warm it up."""
     module, input_device = build_module(context)
@@ -130,11 +153,16 @@ def load(context: LoadContext) -> EagerExecutor:
         )
         return executor
     context.log.info(f"torch.compile: options in effect {options.describe()}")
+    cache = _compile_cache(context, module, input_device)
+    if cache is not None:
+        cache.restore()
     executor.use_compiled(compile_module(context.config, executor.entry, options))
     counters = executor.capabilities.counters
     counters.warmup_seconds = warm_up(
         context.config, context.params, executor.run, input_device, context.log
     )
+    if cache is not None:
+        cache.save()
     # from now on, a new graph is a recompilation
     executor.watch = CompileWatch(context.log, counters)
     return executor
