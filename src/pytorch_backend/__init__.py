@@ -3,7 +3,8 @@
 The package imports without Triton; only ``pytorch_backend.model`` (the drop-in
 ``TritonPythonModel``) touches ``triton_python_backend_utils``. :func:`package` (from an
 ``nn.Module`` to a model directory) is imported on first use, so ``import pytorch_backend`` stays
-light for the stub.
+light for the stub; so is :func:`convert` (a TorchScript model directory to an
+AOT-Inductor one).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["package"]
+__all__ = ["convert", "package"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from .serving.package import package
 
         return package
+    if name == "convert":
+        from .serving.convert import convert
+
+        return convert
     raise AttributeError(f"module 'pytorch_backend' has no attribute {name!r}")

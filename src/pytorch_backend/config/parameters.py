@@ -3,20 +3,13 @@
 :data:`PARAMETERS` is the single list of keys this backend knows. Each entry gives the key, its
 aliases, its parser, its default, the model kinds it has an effect on and a one-line effect; the
 registry drives parsing, the unknown-key hints, the order of the effective-value log lines
-(``runtime.report``) and the README's parameter table (:func:`.parameter_table.markdown_table`,
-checked by a test).
+(``runtime.report``) and the README's parameter table (``parameter_table``, checked by a test).
 
-Keys are case-sensitive, as upstream. Values follow the C++ backend's parsing where it is sane and
-are stricter where it is not:
-
-* booleans accept exactly ``true/on/1`` and ``false/off/0`` after lower-casing (as
-  ``ParseBoolValue``); anything else fails the load;
-* thread counts must be a non-negative decimal integer (surrounding whitespace allowed). ``0``
-  leaves torch's default, like upstream, which ignores values <= 0; unlike upstream's ``std::stoi``
-  a negative value, trailing junk (``"4abc"``) or a value that does not fit a C ``int`` fails the
-  load instead of being silently truncated or aborting the process;
-* unknown keys are not an error (Triton passes every key through) but are reported through
-  ``warn`` with the closest known key, so a typo such as ``INFERENCE_MDOE`` is visible.
+Keys are case-sensitive, as upstream. Booleans accept exactly ``true/on/1`` and ``false/off/0``
+(lower-cased, as ``ParseBoolValue``); thread counts a non-negative decimal ``int`` (``0``: torch's
+default; unlike upstream's ``std::stoi``, ``-1``, ``"4abc"`` or an overflow fail the load). Unknown
+keys are not an error (Triton passes every key through) but are reported through ``warn`` with the
+closest known key, so a typo such as ``INFERENCE_MDOE`` is visible.
 """
 
 from __future__ import annotations
@@ -31,9 +24,11 @@ from .enums import GradPolicy, ModelKind
 from .values import (
     parse_batch_sizes,
     parse_bool,
+    parse_cache_directory,
     parse_class_name,
     parse_file_name,
     parse_library_list,
+    parse_method_name,
     parse_module_file_name,
     parse_thread_count,
 )
@@ -41,6 +36,8 @@ from .values import (
 ALL_KINDS = frozenset(ModelKind)
 TORCHSCRIPT_ONLY = frozenset({ModelKind.TORCHSCRIPT})
 EAGER_ONLY = frozenset({ModelKind.EAGER})
+#: Kinds whose methods can be called by name (``METHOD``).
+METHOD_KINDS = frozenset({ModelKind.TORCHSCRIPT, ModelKind.EAGER})
 #: Kinds whose nn.Module this backend holds (weights in Python tensors, torch.compile).
 MODULE_KINDS = frozenset({ModelKind.TORCHSCRIPT, ModelKind.EAGER, ModelKind.EXPORTED_PROGRAM})
 COMPILED_KINDS = frozenset({ModelKind.EAGER, ModelKind.EXPORTED_PROGRAM})
@@ -72,6 +69,8 @@ class BackendParameters:
     torch_compile: CompileOptions = CompileOptions()
     module_filename: str | None = None
     module_class: str | None = None
+    method: str = "forward"
+    compile_cache: str | None = None
     enable_metrics: bool = True
     warmup: bool = True
     warmup_batch_sizes: tuple[int, ...] | None = None
@@ -243,6 +242,15 @@ PARAMETERS: tuple[Parameter, ...] = (
         EAGER_ONLY,
     ),
     Parameter(
+        "METHOD",
+        "the method served: a TorchScript `@torch.jit.export` method or an nn.Module method; "
+        "names and auto-completion follow its signature; a `.pt2` refuses any other than forward",
+        "`forward`",
+        "method",
+        parse_method_name,
+        METHOD_KINDS,
+    ),
+    Parameter(
         "ENABLE_METRICS",
         "torch-aware Prometheus metrics of this model on Triton's metrics port (see Metrics); "
         "`false`: none are created",
@@ -304,6 +312,16 @@ PARAMETERS: tuple[Parameter, ...] = (
         "torch_compile",
         parse_compile_options,
         COMPILED_KINDS,
+    ),
+    Parameter(
+        "COMPILE_CACHE",
+        "writable directory of compiled artifacts saved after the warm-up and restored before "
+        "compiling (see Compile cache); the version directory's `compile_cache/` is read first; "
+        "`off`: neither",
+        "`$PYTORCH_BACKEND_COMPILE_CACHE`, else `~/.cache/pytorch_backend/compile`",
+        "compile_cache",
+        parse_cache_directory,
+        EAGER_ONLY,
     ),
     Parameter(
         "STOP_SERVER_ON_STICKY_ERROR",

@@ -73,6 +73,23 @@ def parse_class_name(model: str, key: str, value: str) -> str:
     return value
 
 
+def parse_method_name(model: str, key: str, value: str) -> str:
+    """A Python identifier (the name of the model's method to serve)."""
+    if not value.isidentifier():
+        raise _bad(model, key, value, "a method name such as 'forward' or 'encode'")
+    return value
+
+
+def parse_cache_directory(model: str, key: str, value: str) -> str:
+    """``off`` (also ``false``/``0``), or an absolute directory path."""
+    value = value.strip()
+    if value.lower() in ("off", "false", "0"):
+        return "off"
+    if not value.startswith("/"):
+        raise _bad(model, key, value, "'off' or an absolute directory path")
+    return value
+
+
 def parse_batch_sizes(model: str, key: str, value: str) -> tuple[int, ...]:
     """Comma-separated positive batch sizes (``"1,4,16"``), sorted and without repeats."""
     parts = [p.strip() for p in value.split(",")]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import BackendParameters, ModelConfig, ModelKind
+from ..config.parameters import METHOD_KINDS
 from . import artifacts
 from .base import Executor, LoadContext
 from .description import DescribeContext, ModelIO
@@ -112,6 +113,19 @@ def _is_plugin(path: Path) -> bool:
 
 
 def resolve_model(config: ModelConfig, version_dir: Path, params: BackendParameters) -> Resolved:
+    """:func:`_resolve`, refusing a ``METHOD`` the resolved kind cannot serve."""
+    resolved = _resolve(config, version_dir, params)
+    if params.method != "forward" and resolved.kind not in METHOD_KINDS:
+        raise config.error(
+            f"parameter 'METHOD' = '{params.method}' cannot be served from the "
+            f"{resolved.kind.value} '{resolved.path.name}': it holds one entry point (the "
+            "forward it was exported from) and no other methods; serve the method from "
+            "TorchScript or an nn.Module, or export that method as the forward of its own .pt2"
+        )
+    return resolved
+
+
+def _resolve(config: ModelConfig, version_dir: Path, params: BackendParameters) -> Resolved:
     """The model kind and its file, from the config, the parameters and the version directory.
 
     1. An nn.Module (:func:`module_file_name`) when the version directory holds its file

@@ -183,10 +183,12 @@ DESCRIBERS: Mapping[str, Describer] = {
     "TORCH_COMPILE_OPTIONAL_PARAMETERS": _for_kind(
         "TORCH_COMPILE_OPTIONAL_PARAMETERS", lambda e: e.params.torch_compile.describe()
     ),
+    "METHOD": _for_kind("METHOD", lambda e: e.params.method),
     "ENABLE_METRICS": lambda e: e.metrics,
     "WARMUP": _warmup,
     "WARMUP_BATCH_SIZES": _warmup_sizes,
     "CUDA_GRAPHS": _for_kind("CUDA_GRAPHS", lambda e: e.cuda_graphs),
+    "COMPILE_CACHE": _for_kind("COMPILE_CACHE", lambda e: e.params.compile_cache or "default"),
     "STOP_SERVER_ON_STICKY_ERROR": lambda e: on_off(e.params.stop_server_on_sticky_error),
     "ENABLE_CANCELLATION_CHECK": lambda e: on_off(e.params.enable_cancellation_check),
     "REFUSE_WRITABLE_MODEL_DIRECTORY": lambda e: on_off(e.params.refuse_writable_model_directory),

@@ -270,6 +270,17 @@ def _package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import ConvertError, convert
+
+    options = {"version": args.version, "sample_inputs": args.samples}
+    try:
+        convert(args.model_dir, args.output_dir, **options, overwrite=args.overwrite)
+    except ConvertError as error:
+        raise CliError(str(error)) from None
+    return 0
+
+
 def _backends(args: argparse.Namespace) -> int:
     if args.as_pytorch:
         check_pytorch_alias(Path(args.dest))  # before looking for a server: the clearer error
@@ -333,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--version", type=int, default=1)
     pack.add_argument("--overwrite", action="store_true")
     pack.set_defaults(func=_package)
+
+    conv = commands.add_parser(
+        "convert", help="convert a TorchScript model directory to an AOT-Inductor (.pt2) one"
+    )
+    conv.add_argument("model_dir", metavar="MODEL_DIR", help="the TorchScript model directory")
+    conv.add_argument("output_dir", metavar="OUTPUT_DIR", help="the model directory to write")
+    conv.add_argument("--version", default=None, help="version to convert (default: highest)")
+    conv.add_argument("--samples", default=None, metavar="NPZ", help="sample inputs by name")
+    conv.add_argument("--overwrite", action="store_true")
+    conv.set_defaults(func=_convert)
 
     backends = commands.add_parser(
         "backends", help="write a backends folder for tritonserver --backend-directory"

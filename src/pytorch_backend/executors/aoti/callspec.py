@@ -7,7 +7,12 @@ two names:
 * forward-based: ``ARGS[i]``, ``ARGS[i][key]``, ``ARGS[i][j]``, ``KWARGS[key]``, ``KWARGS[key][j]``,
   ``RESULT`` (a single-tensor output), ``RESULT[i]``, ``RESULT[key]``, ``RESULT[key][j]`` ...
 * ordinal: ``INPUT__<n>`` / ``OUTPUT__<n>``, ``n`` being the leaf's flat position (positional
-  args first, then kwargs in spec order; dict entries in insertion order).
+  args first, then kwargs in spec order; dict entries in insertion order);
+* the key alone, where forward takes a single dict of tensors (``ARGS[0][key]``) or returns a
+  dict of tensors (``RESULT[key]``), as TorchScript binds a ``Dict[str, Tensor]`` input: what
+  ``pytorch-backend convert`` writes, so a converted model keeps its TorchScript names. A key
+  equal to another leaf's ordinal names its own leaf (a converted model's ``OUTPUT__2`` may be
+  its first output).
 
 A config may use either name per entry. Every input leaf must be bound exactly once; outputs may
 be a subset. This module is pure (no ``torch._inductor``): it only needs ``torch.utils._pytree``.
@@ -42,6 +47,7 @@ class Leaf:
     index: int  # flat position in the runner's input/output list
     name: str  # forward-based name, e.g. "ARGS[2][k1]"
     ordinal: str  # "INPUT__<index>" or "OUTPUT__<index>"
+    key: str | None = None  # the dict key of a lone dict input or a dict result
 
     def describe(self) -> str:
         return f"{self.name} (= {self.ordinal})"
@@ -88,10 +94,28 @@ def parse_call_spec(in_spec: str, out_spec: str) -> CallSpec:
     kwargs_paths = _leaf_paths(_children(in_tree)[1], "input", invalid)
     names = ["ARGS" + _suffix(p) for p in args_paths]
     names += ["KWARGS" + _suffix(p) for p in kwargs_paths]
-    inputs = tuple(Leaf(i, n, f"INPUT__{i}") for i, n in enumerate(names))
+    args_tree = _children(in_tree)[0]
+    lone_dict = (
+        not kwargs_paths
+        and args_tree.num_children == 1
+        and _children(args_tree)[0].type in _MAPPING_TYPES
+    )
+    keys = [_key(p[1:]) if lone_dict else None for p in args_paths] + [None] * len(kwargs_paths)
+    inputs = tuple(Leaf(i, n, f"INPUT__{i}", keys[i]) for i, n in enumerate(names))
     out_paths = _leaf_paths(out_tree, "output", invalid)
-    outputs = tuple(Leaf(i, "RESULT" + _suffix(p), f"OUTPUT__{i}") for i, p in enumerate(out_paths))
+    dict_result = out_tree.type in _MAPPING_TYPES
+    outputs = tuple(
+        Leaf(i, "RESULT" + _suffix(p), f"OUTPUT__{i}", _key(p) if dict_result else None)
+        for i, p in enumerate(out_paths)
+    )
     return CallSpec(inputs, outputs, tuple(dict.fromkeys(invalid)))
+
+
+def _key(path: Sequence[Any]) -> str | None:
+    """The key of a path that is one dict entry (``[key]``), else None."""
+    if len(path) == 1 and isinstance(path[0], pytree.MappingKey):
+        return str(path[0].key)
+    return None
 
 
 def _children(spec: pytree.TreeSpec) -> list[pytree.TreeSpec]:
@@ -180,8 +204,9 @@ def _resolve(
     kind: str, specs: Iterable[TensorSpec], leaves: Sequence[Leaf], config: ModelConfig
 ) -> dict[int, str]:
     """Leaf index -> config name, checking strings, unknown names and double bindings."""
-    lookup = {leaf.name: leaf for leaf in leaves}
-    lookup.update({leaf.ordinal: leaf for leaf in leaves})
+    lookup = {leaf.ordinal: leaf for leaf in leaves}
+    lookup.update({leaf.key: leaf for leaf in leaves if leaf.key is not None})
+    lookup.update({leaf.name: leaf for leaf in leaves})
     bound: dict[int, str] = {}
     for tensor in specs:
         if tensor.is_string:

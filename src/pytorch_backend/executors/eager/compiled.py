@@ -28,9 +28,10 @@ _VARIABLE_DIM = 2  # the size a -1 config dimension gets in the warm-up
 
 
 def compile_module(
-    config: ModelConfig, module: torch.nn.Module, options: CompileOptions
+    config: ModelConfig, module: Callable[..., Any], options: CompileOptions
 ) -> Callable[..., Any]:
-    """``torch.compile(module, **options)``; bad backend, mode or options fail the load."""
+    """``torch.compile(module, **options)`` (a module or one of its bound methods); bad
+    backend, mode or options fail the load."""
     try:
         return torch.compile(module, **options.kwargs())
     except Exception as exc:  # noqa: BLE001 - torch.compile raises several kinds of errors

@@ -34,8 +34,10 @@ def describe_module(context: DescribeContext) -> ModelIO:
     """The registry's describer for nn.Module files: the sidecar, else forward's names."""
     weights = module_file.weights_path(context.path)
     source = f"the module file {context.path.name}"
-    try:
-        sidecar = read_sidecar(weights) or read_sidecar(context.path)
+    method = context.config.parameters.get("METHOD", "forward")
+    try:  # the packager's sidecar describes forward only
+        forward = method == "forward"
+        sidecar = (read_sidecar(weights) or read_sidecar(context.path)) if forward else None
     except ValueError as error:
         raise context.config.error(str(error)) from None
     if sidecar is not None:
@@ -47,7 +49,8 @@ def describe_module(context: DescribeContext) -> ModelIO:
     cls = module_file.select_class(context.config, imported, context.path, params)
     module = module_file.instantiate(context.config, cls)
     batching = context.config.max_batch_size > 0
-    inputs, outputs, unknown = signature_io(forward_signature(context.config, module), batching)
+    signature = forward_signature(context.config, module, method)
+    inputs, outputs, unknown = signature_io(signature, batching, method)
     return ModelIO(inputs, outputs, source=source, unknown_inputs=unknown)
 
 

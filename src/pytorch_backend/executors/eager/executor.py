@@ -10,6 +10,7 @@ names with the TorchScript rules from the forward's signature, then compile and 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from ..torchscript.naming import (
     positional_args,
 )
 from . import module as module_file
+from .compile_cache import OFF, PACKAGED, CompileCache, default_directory, key_parts
 from .compiled import CompileWatch, compile_module, warm_up
 from .signature import forward_signature, keyword_only, uses_strings
 
@@ -35,17 +37,24 @@ class EagerExecutor:
     """Calls an nn.Module (compiled or not) with config-bound inputs."""
 
     def __init__(
-        self, config: ModelConfig, module: torch.nn.Module, input_device: torch.device
+        self,
+        config: ModelConfig,
+        module: torch.nn.Module,
+        input_device: torch.device,
+        method: str = "forward",
     ) -> None:
         self.config = config
         self.module = module
         self.input_device = input_device
-        self.signature = forward_signature(config, module)
+        self.method = method
+        self.signature = forward_signature(config, module, method)
         self.inputs: Binding = bind_inputs(config, self.signature)
         self.outputs: Binding = bind_outputs(config, self.signature)
-        self._keywords = keyword_only(module)
+        self._keywords = keyword_only(module, method)
         self._names = self.signature.arg_names
-        self._call: Callable[..., Any] = module
+        # forward through __call__ (hooks run, as upstream); another method directly
+        self.entry: Callable[..., Any] = module if method == "forward" else getattr(module, method)
+        self._call: Callable[..., Any] = self.entry
         self.watch: CompileWatch | None = None
         self.compiled = False
         self.capabilities = Capabilities(shareable_module=module, devices=module_devices(module))
@@ -77,7 +86,7 @@ class EagerExecutor:
 
     def describe_bindings(self) -> list[str]:
         compiled = "compiled" if self.compiled else "eagerly"
-        return [*describe(self.inputs, self.outputs), f"forward runs {compiled}"]
+        return [*describe(self.inputs, self.outputs), f"{self.method} runs {compiled}"]
 
 
 def build_module(context: LoadContext) -> tuple[torch.nn.Module, torch.device]:
@@ -108,10 +117,31 @@ def build_module(context: LoadContext) -> tuple[torch.nn.Module, torch.device]:
     return module, input_device
 
 
+def _compile_cache(
+    context: LoadContext, module: torch.nn.Module, device: torch.device
+) -> CompileCache | None:
+    """The instance's compile-cache entry (None: ``COMPILE_CACHE: off``)."""
+    setting = context.params.compile_cache
+    if setting == OFF:
+        context.log.info("compile cache: off")
+        return None
+    writable = Path(setting) if setting else default_directory()
+    parts = key_parts(
+        context.path,
+        module_file.weights_path(context.path),
+        type(module).__name__,
+        context.params.method,
+        context.params.torch_compile.text,
+        device.type,
+    )
+    packaged = context.path.parent / PACKAGED
+    return CompileCache(parts, writable, packaged, context.log)
+
+
 def load(context: LoadContext) -> EagerExecutor:
     """The registry's factory: build the module, bind its names, compile and warm it up."""
     module, input_device = build_module(context)
-    executor = EagerExecutor(context.config, module, input_device)
+    executor = EagerExecutor(context.config, module, input_device, context.params.method)
     options = context.params.torch_compile
     if options.disabled:
         context.log.info("torch.compile: disabled (the module runs eagerly)")
@@ -123,11 +153,16 @@ def load(context: LoadContext) -> EagerExecutor:
         )
         return executor
     context.log.info(f"torch.compile: options in effect {options.describe()}")
-    executor.use_compiled(compile_module(context.config, module, options))
+    cache = _compile_cache(context, module, input_device)
+    if cache is not None:
+        cache.restore()
+    executor.use_compiled(compile_module(context.config, executor.entry, options))
     counters = executor.capabilities.counters
     counters.warmup_seconds = warm_up(
         context.config, context.params, executor.run, input_device, context.log
     )
+    if cache is not None:
+        cache.save()
     # from now on, a new graph is a recompilation
     executor.watch = CompileWatch(context.log, counters)
     return executor

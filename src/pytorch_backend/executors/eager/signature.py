@@ -58,9 +58,30 @@ def _outputs(hint: Any) -> tuple[str, ...] | None:
     return (type_name(hint),)
 
 
-def forward_signature(config: ModelConfig, module: torch.nn.Module) -> Signature:
-    """The :class:`Signature` of ``module.forward``; ``*args`` / ``**kwargs`` fail the load."""
-    forward = module.forward
+def module_method(config: ModelConfig, module: torch.nn.Module, name: str) -> Callable[..., Any]:
+    """The bound method ``name`` (parameter ``METHOD``); a missing one names those that exist."""
+    method = getattr(module, name, None) if not name.startswith("_") else None
+    if not callable(method) or isinstance(method, torch.nn.Module):
+        base = set(dir(torch.nn.Module))
+        own = sorted(
+            n
+            for n in dir(type(module))
+            if (n == "forward" or n not in base)
+            and not n.startswith("_")
+            and inspect.isfunction(getattr(type(module), n, None))
+        )
+        raise config.error(
+            f"parameter 'METHOD' = '{name}': {type(module).__name__} has no method of that "
+            f"name; it has: {', '.join(own) or 'none'}"
+        )
+    return method
+
+
+def forward_signature(
+    config: ModelConfig, module: torch.nn.Module, method: str = "forward"
+) -> Signature:
+    """The :class:`Signature` of a module's method; ``*args`` / ``**kwargs`` fail the load."""
+    forward = module_method(config, module, method)
     try:
         parameters = inspect.signature(forward).parameters.values()
     except (TypeError, ValueError) as exc:
@@ -79,9 +100,9 @@ def forward_signature(config: ModelConfig, module: torch.nn.Module) -> Signature
     return Signature(tuple(names), tuple(types), outputs)
 
 
-def keyword_only(module: torch.nn.Module) -> frozenset[str]:
-    """Names of forward's keyword-only arguments (passed by keyword)."""
-    parameters = inspect.signature(module.forward).parameters.values()
+def keyword_only(module: torch.nn.Module, method: str = "forward") -> frozenset[str]:
+    """Names of the method's keyword-only arguments (passed by keyword)."""
+    parameters = inspect.signature(getattr(module, method)).parameters.values()
     return frozenset(p.name for p in parameters if p.kind is p.KEYWORD_ONLY)
 
 

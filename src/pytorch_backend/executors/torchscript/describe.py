@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..description import DescribeContext, ModelIO, TensorIO, read_sidecar
-from .executor import load_torchscript, signature_of
+from .executor import load_torchscript, script_method, signature_of
 from .naming import STRING_LIST, Signature
 
 
@@ -25,21 +25,21 @@ def _string(names: tuple[str, ...], batching: bool | None, where: str) -> Tensor
 
 
 def signature_io(
-    signature: Signature, batching: bool
+    signature: Signature, batching: bool, method: str = "forward"
 ) -> tuple[tuple[TensorIO, ...], tuple[TensorIO, ...], str]:
-    """Inputs, outputs and the unknown-inputs note a forward signature gives (names, strings)."""
+    """Inputs, outputs and the unknown-inputs note a method's signature gives (names, strings)."""
     if len(signature.arg_types) == 1 and signature.arg_types[0].startswith("Dict["):
         inputs: tuple[TensorIO, ...] = ()
         unknown = (
-            f"forward takes a single {signature.arg_types[0]} '{signature.arg_names[0]}': "
+            f"{method} takes a single {signature.arg_types[0]} '{signature.arg_names[0]}': "
             "declare one input per dictionary key"
         )
     else:
         unknown = ""
         inputs = tuple(
-            _string((name, f"INPUT__{i}"), batching, f"forward argument '{name}'")
+            _string((name, f"INPUT__{i}"), batching, f"{method} argument '{name}'")
             if kind == STRING_LIST
-            else TensorIO((name, f"INPUT__{i}"), where=f"forward argument '{name}' ({kind})")
+            else TensorIO((name, f"INPUT__{i}"), where=f"{method} argument '{name}' ({kind})")
             for i, (name, kind) in enumerate(zip(signature.arg_names, signature.arg_types))
         )
     outputs = tuple(
@@ -52,9 +52,10 @@ def signature_io(
 
 
 def describe(context: DescribeContext) -> ModelIO:
-    """The registry's describer for TorchScript files."""
+    """The registry's describer for TorchScript files (the sidecar describes forward only)."""
+    method = context.config.parameters.get("METHOD", "forward")
     try:
-        sidecar = read_sidecar(context.path)
+        sidecar = read_sidecar(context.path) if method == "forward" else None
     except ValueError as error:
         raise context.config.error(str(error)) from None
     if sidecar is not None:
@@ -62,7 +63,9 @@ def describe(context: DescribeContext) -> ModelIO:
     if not context.need_tensors:  # without a sidecar a TorchScript file cannot tell batching
         return ModelIO((), (), source=f"the TorchScript file {context.path.name}")
     module = load_torchscript(context.config, context.path, map_location=torch.device("cpu"))
-    inputs, outputs, unknown = signature_io(signature_of(module), context.config.max_batch_size > 0)
+    script_method(context.config, module, method)
+    batching = context.config.max_batch_size > 0
+    inputs, outputs, unknown = signature_io(signature_of(module, method), batching, method)
     return ModelIO(
         inputs,
         outputs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -63,9 +64,25 @@ def load_failure(config: ModelConfig, path: Path, exc: Exception) -> str:
     )
 
 
-def signature_of(module: torch.jit.ScriptModule) -> Signature:
-    """Forward argument names/types and returned types from the TorchScript schema."""
-    schema = module.forward.schema
+def method_names(module: torch.jit.ScriptModule) -> list[str]:
+    """The methods a scripted module can run: forward and its ``@torch.jit.export`` methods."""
+    return sorted(name for name in module._c._method_names() if not name.startswith("__"))
+
+
+def script_method(config: ModelConfig, module: torch.jit.ScriptModule, name: str) -> Any:
+    """The scripted method ``name`` (parameter ``METHOD``); a missing one names those that exist."""
+    if name not in module._c._method_names():
+        raise config.error(
+            f"parameter 'METHOD' = '{name}': the TorchScript model has no method of that name; "
+            f"it has: {', '.join(method_names(module))} (script the method with "
+            "@torch.jit.export to keep it)"
+        )
+    return getattr(module, name)
+
+
+def signature_of(module: torch.jit.ScriptModule, method: str = "forward") -> Signature:
+    """A method's argument names/types and returned types from the TorchScript schema."""
+    schema = getattr(module, method).schema
     args = [a for a in schema.arguments if not isinstance(a.type, torch._C.ClassType)]
     returned = schema.returns[0].type if schema.returns else None
     if isinstance(returned, torch._C.TupleType):
@@ -76,15 +93,21 @@ def signature_of(module: torch.jit.ScriptModule) -> Signature:
 
 
 class TorchScriptExecutor:
-    """Calls ``forward`` of a loaded TorchScript module with config-bound inputs."""
+    """Calls ``forward`` (or the ``METHOD``) of a loaded TorchScript module with bound inputs."""
 
     def __init__(
-        self, config: ModelConfig, module: torch.jit.ScriptModule, input_device: torch.device
+        self,
+        config: ModelConfig,
+        module: torch.jit.ScriptModule,
+        input_device: torch.device,
+        method: str = "forward",
     ) -> None:
         self.config = config
         self.module = module
         self.input_device = input_device
-        self.signature = signature_of(module)
+        self.method = method
+        self._call = script_method(config, module, method)
+        self.signature = signature_of(module, method)
         sequence = config.sequence
         indexed_in = sequence.indexed_inputs() if sequence else frozenset()
         indexed_out = sequence.state_outputs if sequence else frozenset()
@@ -95,14 +118,15 @@ class TorchScriptExecutor:
 
     def run(self, inputs: Mapping[str, Value]) -> dict[str, Value]:
         if self.inputs.dict_input:
-            result = self.module.forward(dict(inputs))
+            result = self._call(dict(inputs))
         else:
-            result = self.module.forward(*positional_args(self.inputs, self._arg_count, inputs))
+            result = self._call(*positional_args(self.inputs, self._arg_count, inputs))
         values = list(result) if isinstance(result, tuple) else [result]
         return pick_outputs(self.outputs, values)  # type: ignore[return-value]
 
     def describe_bindings(self) -> list[str]:
-        return naming.describe(self.inputs, self.outputs)
+        lines = naming.describe(self.inputs, self.outputs)
+        return lines if self.method == "forward" else [*lines, f"serving method '{self.method}'"]
 
 
 def load(context: LoadContext) -> TorchScriptExecutor:
@@ -118,5 +142,7 @@ def load(context: LoadContext) -> TorchScriptExecutor:
         placement = kind_model_placement(module)
         if placement is not None:
             module.to(placement)
-        return TorchScriptExecutor(context.config, module, input_device=torch.device("cpu"))
-    return TorchScriptExecutor(context.config, module, input_device=context.device)
+        return TorchScriptExecutor(
+            context.config, module, torch.device("cpu"), context.params.method
+        )
+    return TorchScriptExecutor(context.config, module, context.device, context.params.method)
