@@ -58,13 +58,15 @@ def config(cache: str) -> dict:
 
 
 def load(model_dir: Path, cache: str, tmp: Path) -> str:
-    env = {"TORCHINDUCTOR_CACHE_DIR": "", "HOME": str(tmp), "PATH": "/usr/bin:/bin"}
+    # No TORCHINDUCTOR_CACHE_DIR: inductor's default (under TMPDIR) unless the cache moves it.
+    env = {"HOME": str(tmp), "PATH": "/usr/bin:/bin", "TMPDIR": str(tmp)}
     done = subprocess.run(
         [sys.executable, "-c", LOAD, str(model_dir), json.dumps(config(cache))],
         capture_output=True,
         text=True,
         check=False,
-        env={**env, "TMPDIR": str(tmp)},
+        env=env,
+        cwd=tmp,  # anything written relative to the working directory stays in tmp
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return "\n".join(json.loads(done.stdout.strip().splitlines()[-1]))
