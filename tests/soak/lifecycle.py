@@ -1,6 +1,6 @@
 """Lifecycle harness: models reloaded under load, and a server killed under load.
 
-    .venv/bin/python -m tests.soak.lifecycle --cycles 500 --json lifecycle.json
+    .venv/bin/python -m tests.soak.lifecycle --cycles 500 --minutes 90 --json lifecycle.json
     .venv/bin/python -m tests.soak.lifecycle --cycles 0 --kill     # only the SIGKILL check
 
 A tritonserver in explicit model-control mode serves four TorchScript models with their
@@ -318,8 +318,10 @@ def _server(repo: Path, ports: tuple[int, int, int], log: Path, explicit: bool =
     )  # fmt: skip
 
 
-def run_cycles(repo: Path, ports, log: Path, cycles: int, seed: int, echo=print) -> dict:
-    """``cycles`` reload cycles under load; the summary."""
+def run_cycles(
+    repo: Path, ports, log: Path, cycles: int, seed: int, echo=print, minutes: float | None = None
+) -> dict:
+    """``cycles`` reload cycles under load (fewer if ``minutes`` run out first); the summary."""
     server = _server(repo, ports, log)
     server.start()
     started = time.monotonic()
@@ -329,9 +331,10 @@ def run_cycles(repo: Path, ports, log: Path, cycles: int, seed: int, echo=print)
         server.wait_ready(timeout=600)
         with Load(f"localhost:{ports[0]}", f"localhost:{ports[1]}") as load:
             for number in range(1, cycles + 1):
-                rows.append(harness.cycle(number, load))
+                rows.append({**harness.cycle(number, load), "failures": len(harness.failures)})
                 echo(json.dumps(rows[-1]))
-                if rows[-1].get("dead"):
+                out_of_time = minutes is not None and time.monotonic() - started > 60 * minutes
+                if rows[-1].get("dead") or out_of_time:
                     break
             answered = dict(load.answered)
             by_protocol = dict(load.by_protocol)
@@ -450,6 +453,7 @@ def kill_check(repo: Path, ports, log: Path, grace: float = 5.0) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=60)
+    parser.add_argument("--minutes", type=float, help="stop after the cycle that ends past this")
     parser.add_argument("--kill", action="store_true", help="also run the SIGKILL check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
@@ -462,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         log = args.server_log or Path(tmp) / "server.log"
         if args.cycles:
             echo = lambda row: print(row, file=sys.stderr, flush=True)  # noqa: E731
-            cycles = run_cycles(repo, tuple(args.ports), log, args.cycles, args.seed, echo)
+            cycles = run_cycles(
+                repo, tuple(args.ports), log, args.cycles, args.seed, echo, args.minutes
+            )
             summary["reload"] = cycles
             summary["failures"] += cycles["failures"]
         if args.kill:
