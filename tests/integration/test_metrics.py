@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
-import time
 import urllib.request
 from typing import List
 
@@ -16,6 +15,7 @@ import torch
 from pytorch_backend import metrics
 from tests.client_utils import InferenceServerException, infer, write_model
 from tests.deploy_utils import dashboard_metrics, hpa_source_metrics
+from tests.server_procs import wait_for
 
 CONFIG = """
 name: "{name}"
@@ -101,7 +101,22 @@ def after_known_requests(server):
         results = list(pool.map(lambda _: infer("grpc", server, "gathered", request(2)), range(4)))
     assert all(np.array_equal(r["y"], np.full((2, 2), 2.0)) for r in results)
     infer("http", server, "quiet", request(1))
-    time.sleep(3 * metrics.FLUSH_SECONDS)  # the instances flush their metrics once a FLUSH_SECONDS
+
+    def flushed() -> bool:  # the instances flush at most once a FLUSH_SECONDS, between executes
+        samples = scrape(server)
+        try:
+            failed = sum(
+                value(samples, metrics.FAILED.name, "metered", kind=k) for k in metrics.ERROR_KINDS
+            )
+            return (
+                value(samples, metrics.ANSWERED.name, "metered") == 2
+                and failed == 2
+                and value(samples, metrics.ANSWERED.name, "gathered") == 4
+            )
+        except AssertionError:  # a series not there yet
+            return False
+
+    wait_for(flushed, "every request is counted on the metrics port", deadline=60)
     return scrape(server)
 
 
@@ -147,6 +162,7 @@ def test_series_carry_model_version_and_instance(after_known_requests):
     names = {dict(lab)["model"]: dict(lab) for lab in labels}
     assert names["metered"]["version"] == "1"
     assert names["metered"]["model_instance"].startswith("metered")
+    assert names["metered"]["pid"].isdigit()  # the stub's: a reload never reuses a live one's
 
 
 def test_enable_metrics_false_creates_none(after_known_requests):
