@@ -181,17 +181,24 @@ class Load:
             client.close()
 
 
-def scrape_answered(metrics_url: str) -> Counter:
-    """``pytorch_backend_requests_answered_total`` summed per model."""
+def scrape_answered(metrics_url: str) -> dict[tuple[str, str], float]:
+    """``pytorch_backend_requests_answered_total`` per (model, series labels)."""
     with urllib.request.urlopen(metrics_url, timeout=10) as response:  # noqa: S310 - loopback
         text = response.read().decode()
-    totals: Counter = Counter()
+    series = {}
     for line in text.splitlines():
         if line.startswith(ANSWERED + "{"):
-            model = re.search(r'model="([^"]+)"', line)
+            labels, value = line.rsplit(" ", 1)
+            model = re.search(r'model="([^"]+)"', labels)
             if model:
-                totals[model[1]] += float(line.rsplit(" ", 1)[1])
-    return totals
+                series[(model[1], labels)] = float(value)
+    return series
+
+
+def grown(before: dict, after: dict, model: str) -> bool:
+    """Whether a series of ``model`` present in both scrapes grew (the series of an instance
+    replaced in an earlier cycle may vanish meanwhile, when its stub finally exits)."""
+    return any(after[key] > before[key] for key in before.keys() & after.keys() if key[0] == model)
 
 
 class Harness:
@@ -288,12 +295,15 @@ class Harness:
 
         def grew() -> bool:
             after = scrape_answered(self.metrics_url)
-            return all(after[m] > before[m] for m in survivors)
+            return all(grown(before, after, m) for m in survivors)
 
         try:
             wait_for(grew, "the survivors' answered counters grow", deadline=30)
         except AssertionError as exc:
-            self.failures.append(f"cycle {number} ({kind}): {exc}")
+            after = scrape_answered(self.metrics_url)
+            self.failures.append(
+                f"cycle {number} ({kind}): {exc}: {str(before)[:600]} -> {str(after)[:600]}"
+            )
         aborts = [line for line in self.new_log().splitlines() if ABORT.search(line)]
         if aborts:
             self.failures.append(f"cycle {number} ({kind}): server log: {aborts[:5]}")
@@ -331,8 +341,11 @@ def run_cycles(
         server.wait_ready(timeout=600)
         with Load(f"localhost:{ports[0]}", f"localhost:{ports[1]}") as load:
             for number in range(1, cycles + 1):
+                known = len(harness.failures)
                 rows.append({**harness.cycle(number, load), "failures": len(harness.failures)})
                 echo(json.dumps(rows[-1]))
+                for failure in harness.failures[known:]:
+                    echo(f"FAILURE: {failure}")
                 out_of_time = minutes is not None and time.monotonic() - started > 60 * minutes
                 if rows[-1].get("dead") or out_of_time:
                     break
