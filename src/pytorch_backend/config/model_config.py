@@ -40,6 +40,7 @@ class TensorSpec:
 class InstanceGroup:
     kind: str  # "KIND_CPU", "KIND_GPU", "KIND_MODEL", "KIND_AUTO"
     count: int
+    name: str = ""  # Triton names a model's instances <group name>_<n>
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,13 @@ class ModelConfig:
     def cpu_instance_count(self) -> int:
         """Total ``count`` of the KIND_CPU instance groups."""
         return sum(g.count for g in self.instance_groups if g.kind in ("KIND_CPU", "CPU"))
+
+    def is_first_instance(self, instance_name: str) -> bool:
+        """Whether ``instance_name`` is the model's first instance (``<first group>_0``), for
+        what is logged once per model; True without instance groups (outside Triton)."""
+        if not self.instance_groups:
+            return True
+        return instance_name == f"{self.instance_groups[0].name or self.name + '_0'}_0"
 
     def input(self, name: str) -> TensorSpec:
         return next(s for s in self.inputs if s.name == name)
@@ -148,6 +156,7 @@ def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
         InstanceGroup(
             kind=g.get("kind", "KIND_AUTO"),
             count=int(g.get("count", 1) or 1),
+            name=str(g.get("name", "") or ""),
         )
         for g in data.get("instance_group", ())
     )
