@@ -75,11 +75,13 @@ class ModelConfig:
         return sum(g.count for g in self.instance_groups if g.kind in ("KIND_CPU", "CPU"))
 
     def is_first_instance(self, instance_name: str) -> bool:
-        """Whether ``instance_name`` is the model's first instance (``<first group>_0``), for
-        what is logged once per model; True without instance groups (outside Triton)."""
+        """Whether ``instance_name`` is the model's first instance, for what is logged once per
+        model: Triton names it after the first group (``<group>``, or ``<group>_0`` when the
+        group makes several); True without instance groups (outside Triton)."""
         if not self.instance_groups:
             return True
-        return instance_name == f"{self.instance_groups[0].name or self.name + '_0'}_0"
+        group = self.instance_groups[0].name or f"{self.name}_0"
+        return instance_name in (group, f"{group}_0")
 
     def input(self, name: str) -> TensorSpec:
         return next(s for s in self.inputs if s.name == name)
