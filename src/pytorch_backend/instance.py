@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from . import torch_compat
 from .config import (
     BackendParameters,
     InstanceKind,
@@ -149,6 +150,9 @@ def build_instance(
 def _build(
     args: InstanceArgs, config: ModelConfig, log: InstanceLog, registry: Registry | None
 ) -> Instance:
+    unsupported = torch_compat.unsupported_reason()
+    if unsupported is not None:
+        raise config.error(unsupported)
     params = _parameters(config, args, log)
     buckets = warmup_buckets(config, params) if params.warmup else []
     if params.refuse_writable_model_directory:

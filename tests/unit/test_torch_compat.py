@@ -158,3 +158,16 @@ def test_jit_load_on_this_torch_warns_nothing_through_quiet(tmp_path):
     assert not [w for w in shown if "deprecated" in str(w.message)]
     # torch 2.13 deprecates TorchScript (DeprecationWarning), 2.14+ with a FutureWarning.
     assert bool(caught) == (torch_compat.version() >= (2, 13)), caught
+
+
+def test_an_unsupported_torch_fails_the_load_naming_the_version(tmp_path, monkeypatch):
+    from pytorch_backend.errors import ModelLoadError
+    from tests.unit.test_instance import build, ts_config, ts_repo
+
+    model_dir = ts_repo(tmp_path)
+    monkeypatch.setattr(torch, "__version__", "2.6.0+cu124")
+    with pytest.raises(ModelLoadError) as info:
+        build(model_dir, ts_config())
+    message = str(info.value)
+    assert message.startswith("model 'm': torch 2.6.0+cu124 is not supported"), message
+    assert "oldest supported torch is 2.9" in message
