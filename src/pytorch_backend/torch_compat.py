@@ -3,12 +3,12 @@
 Tested in CI on torch 2.9 (Python 3.12), 2.13 (Python 3.11) and 2.15 (Python 3.13); see the
 README's "Compatibility". Each function states what differs between versions and its fallback:
 
-* the AOT-Inductor package loader (``torch._C._aoti.AOTIModelPackageLoader``): 5 arguments
-  since 2.7 (model name, single-threaded, runners, device index), 3 before;
+* the AOT-Inductor package loader (``torch._C._aoti.AOTIModelPackageLoader``, five arguments:
+  path, model name, single-threaded, runners, device index), absent from builds without it;
 * what an AOTI package states about its inputs: the input checks in its generated source
-  (:mod:`.executors.aoti.checks`), preferred to the runtime's input-check messages, which carry
-  the detail only from torch 2.10 on (2.9 raises ``run_func_(...) API call failed at ...``
-  and prints the detail on stderr);
+  (:mod:`.executors.aoti.checks`), preferred to the runtime's input-check messages: 2.13 and
+  2.15 put the failed check in the exception, 2.9 raises only ``run_func_(...) API call failed
+  at ...`` and prints the detail on stderr;
 * dynamo's graph counter (``torch._dynamo.utils.counters``), ``maybe_mark_dynamic`` and the
   exception types of a failed ``torch.compile``;
 * export internals: a program's call spec, the symbol of a symbolic size, pytree child specs;
@@ -64,8 +64,8 @@ class UnsupportedTorch(RuntimeError):
 def aoti_package_loader(path: str, model_name: str, device_index: int) -> Any:
     """A package's runner, built directly (no ``torch._inductor`` import, no compiler probe).
 
-    Arguments as ``torch._inductor.package.load_package``: not single-threaded (any thread may
-    call it), one runner, the device index. torch 2.6 takes only the first three arguments.
+    Arguments as ``torch._inductor.package.load_package`` (the same in 2.9, 2.13 and 2.15): not
+    single-threaded (any thread may call it), one runner, the device index.
     """
     loader_type = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
     if loader_type is None:
@@ -73,12 +73,7 @@ def aoti_package_loader(path: str, model_name: str, device_index: int) -> Any:
             f"torch {torch.__version__} has no torch._C._aoti.AOTIModelPackageLoader (the "
             "AOT-Inductor runtime bindings); install a torch built with them (2.9 or later)"
         )
-    try:
-        return loader_type(path, model_name, False, 1, device_index)
-    except TypeError as error:
-        if "incompatible constructor arguments" not in str(error):
-            raise
-        return loader_type(path, model_name, False)
+    return loader_type(path, model_name, False, 1, device_index)
 
 
 @dataclass(frozen=True)
@@ -94,7 +89,7 @@ class AotiCheck:
 
 
 # The generated code's messages (``input_handles[3]: dim value is too small at 1, ...``); the
-# same words from 2.6 to 2.15, but only 2.10+ puts them in the exception (2.9: on stderr).
+# same words in 2.9, 2.13 and 2.15, but 2.9 prints them on stderr instead of raising them.
 AOTI_CHECK_RE = re.compile(r"input_handles\[(\d+)\]: ([^\n]*)")
 _SMALL_RE = re.compile(r"too small at (\d+), expected it to be >= (-?\d+)")
 _LARGE_RE = re.compile(r"too large at (\d+), expected to be <= (-?\d+)")
