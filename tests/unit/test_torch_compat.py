@@ -171,3 +171,23 @@ def test_an_unsupported_torch_fails_the_load_naming_the_version(tmp_path, monkey
     message = str(info.value)
     assert message.startswith("model 'm': torch 2.6.0+cu124 is not supported"), message
     assert "oldest supported torch is 2.9" in message
+
+
+def test_without_stated_checks_the_runtime_is_probed_where_its_messages_allow(monkeypatch):
+    """The fallback for a package without generated source: 2.13 and 2.15 raise the failed
+    check (the range is probed); 2.9 only prints it, and the load says so."""
+    from pytorch_backend.errors import ModelLoadError
+    from pytorch_backend.executors.aoti import executor as aoti
+    from tests.unit.test_aoti_executor import PADDED_IN, PADDED_OUT, make_config
+
+    monkeypatch.setattr(aoti, "stated_checks", lambda path: None)
+    config = make_config(16, PADDED_IN, PADDED_OUT)
+    if torch_compat.version() >= (2, 13):
+        ex = aoti.AotiExecutor(config, models.build_padded(), torch.device("cpu"))
+        assert ex.input_checks is None
+        assert ex.batch_range == (models.PADDED_MIN_BATCH, models.PADDED_MAX_BATCH)
+        with pytest.raises(aoti.RequestError, match="too large at 1"):
+            ex.run({"ARGS[0]": torch.zeros(4, 40)})
+    else:
+        with pytest.raises(ModelLoadError, match="reports input-check failures only on stderr"):
+            aoti.AotiExecutor(config, models.build_padded(), torch.device("cpu"))

@@ -127,9 +127,13 @@ def _package_loader(path: str, device_index: int) -> Any:
 
 
 def stated_checks(path: Path) -> list[InputCheck] | None:
-    """The input checks the package's generated source states (None: no source packaged)."""
+    """The input checks the package's generated source states; None when it was not packaged or
+    reads in a way this backend does not know (then the runtime is probed instead)."""
     source = package_source(path)
-    return parse_input_checks(source) if source is not None else None
+    checks = parse_input_checks(source) if source is not None else []
+    if not checks or any(check.dtype == "unknown" for check in checks):
+        return None
+    return checks
 
 
 @contextlib.contextmanager
