@@ -14,6 +14,7 @@ import torch
 import pytorch_backend
 from tests import ts_models
 from tests.client_utils import PROTOCOLS, InferenceServerException, client, infer, write_model
+from tests.compat import STRINGS_NEED_NUMPY1
 
 FP32_IO = """
 name: "{name}"
@@ -284,6 +285,7 @@ def test_mixed_dtypes_and_output_subset(server, protocol):
     assert set(only) == {"OUTPUT__1"}
 
 
+@STRINGS_NEED_NUMPY1
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_strings_batched_and_unbatched(server, protocol):
     text = np.array([["héllo".encode()], [b"ab"]], dtype=np.object_)
