@@ -6,9 +6,9 @@
 #       -v "$PWD/my_model_repository:/models" tritonserver-pytorch-python
 #
 # Build arguments: TRITON_VERSION (the NGC tritonserver release), TORCH_VERSION and
-# TORCH_INDEX_URL (the torch build, matching that release's CUDA), e.g.
-#   docker build --build-arg TRITON_VERSION=24.10 --build-arg TORCH_VERSION=2.5.1 \
-#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 -t ... .
+# TORCH_INDEX_URL (the torch build, matching that release's CUDA). The defaults (Python 3.12 in
+# 25.10, torch 2.9.0) are a cell of the tested matrix; only the torch releases listed in the
+# README's "Compatibility" are tested (2.9.0, 2.13.0, 2.15.0), and torch < 2.9 is refused.
 #
 # --shm-size: the Python backend moves every request and response tensor through a region in
 # /dev/shm per model instance (starting at its shm-default-byte-size, growing by
@@ -24,7 +24,8 @@
 ARG TRITON_VERSION=25.10
 FROM nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-py3
 
-# torch is pinned here, not in the package metadata. The default is the PyTorch-index CUDA build
+# torch is pinned here, not in the package metadata. The default (2.9.0, the CI cell "Python 3.12,
+# torch 2.9.0") is the PyTorch-index CUDA build
 # matching the image's CUDA 13.0 (cu130 wheels exist from torch 2.9). For another Triton release,
 # look up its CUDA version in the release notes and pick the matching index (cu126, cu128, ...),
 # or https://download.pytorch.org/whl/cpu for CPU-only serving. Build the .pt/.pt2 artifacts you

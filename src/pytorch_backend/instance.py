@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from . import torch_compat
 from .config import (
     BackendParameters,
     InstanceKind,
@@ -154,6 +155,9 @@ def build_instance(
 def _build(
     args: InstanceArgs, config: ModelConfig, log: InstanceLog, registry: Registry | None
 ) -> Instance:
+    unsupported = torch_compat.unsupported_reason()
+    if unsupported is not None:
+        raise config.error(unsupported)
     params = _parameters(config, args, log)
     buckets = warmup_buckets(config, params) if params.warmup else []
     if params.refuse_writable_model_directory:

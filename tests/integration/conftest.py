@@ -1,7 +1,9 @@
 """Shared fixtures for integration tests: a real tritonserver started on free ports.
 
 Fixtures:
-- ``tritonserver_path`` (session): the server binary; skips the test when none is found.
+- ``tritonserver_path`` (session): the server binary; skips the test when none is found (fails
+  it when ``PYTORCH_BACKEND_REQUIRE_SERVER=1``, as CI sets: a run that skipped every
+  integration test must not pass).
 - ``backends_dir`` (session): the assembled ``--backend-directory`` (``python/`` and
   ``pytorch_python/model.py``), built once per session.
 - ``triton`` (module): ``start(repo, **kwargs) -> RunningServer``; kwargs go to
@@ -16,6 +18,7 @@ Every test in this folder is marked ``integration``.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +89,8 @@ def tritonserver_path() -> Path:
     try:
         return find_tritonserver()
     except TritonServerNotFoundError as error:
+        if os.environ.get("PYTORCH_BACKEND_REQUIRE_SERVER") == "1":
+            pytest.fail(f"PYTORCH_BACKEND_REQUIRE_SERVER=1, but no tritonserver: {error}")
         pytest.skip(f"integration test needs tritonserver: {error}")
 
 

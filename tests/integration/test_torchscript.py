@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import warnings
 from pathlib import Path
 
 import ml_dtypes
@@ -13,6 +14,7 @@ import torch
 import pytorch_backend
 from tests import ts_models
 from tests.client_utils import PROTOCOLS, InferenceServerException, client, infer, write_model
+from tests.compat import STRINGS_NEED_NUMPY1
 
 FP32_IO = """
 name: "{name}"
@@ -56,6 +58,13 @@ def server(triton, artifacts, tmp_path_factory):
         repo,
         "names",
         addsub("names", ["INPUT0", "INPUT1"], ["OUTPUT__0", "OUTPUT__1"]),
+        {"1/model.pt": a["addsub"]},
+    )
+    write_model(
+        repo,
+        "two_instances",
+        addsub("two_instances", ["INPUT0", "INPUT1"], ["OUTPUT__0", "OUTPUT__1"])
+        + "instance_group [ { kind: KIND_CPU count: 2 } ]",
         {"1/model.pt": a["addsub"]},
     )
     write_model(
@@ -216,6 +225,7 @@ def test_healthy_models_ready_and_broken_ones_report_why(server):
     states = {(m.name, m.version): m for m in server.models()}
     for name in (
         "names",
+        "two_instances",
         "indexed",
         "ordered",
         "mixed",
@@ -275,6 +285,7 @@ def test_mixed_dtypes_and_output_subset(server, protocol):
     assert set(only) == {"OUTPUT__1"}
 
 
+@STRINGS_NEED_NUMPY1
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_strings_batched_and_unbatched(server, protocol):
     text = np.array([["héllo".encode()], [b"ab"]], dtype=np.object_)
@@ -405,3 +416,30 @@ def test_log_names_bindings(server):
     assert "model 'names' instance 'names_0': inputs bound by forward-argument names" in log
     assert "model 'indexed' instance 'indexed_0': inputs bound by <name>__<index> names" in log
     assert "model 'ordered' instance 'ordered_0': inputs bound by config order" in log
+
+
+def _torch_deprecates_torchscript(path: Path) -> bool:
+    """Whether this torch (the server's) warns on ``torch.jit.load``."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.jit.load(str(path))
+    return any("deprecated" in str(w.message) for w in seen)
+
+
+def test_torchscript_deprecation_logged_once_per_model(server, artifacts):
+    log = server.log_text()
+    deprecated = _torch_deprecates_torchscript(artifacts["addsub"])
+    for model in ("names", "two_instances", "mixed", "dict"):
+        lines = [
+            line
+            for line in log.splitlines()
+            if f"model '{model}' instance" in line and "TorchScript is deprecated" in line
+        ]
+        assert len(lines) == (1 if deprecated else 0), (model, lines)
+        if deprecated:
+            assert f"torch {torch.__version__}" in lines[0]
+            assert "pytorch-backend convert" in lines[0] and "model.pt2" in lines[0]
+    assert "two_instances_0_1" in log  # the second instance loaded, and logged no line
+    # torch's own warning ("`torch.jit.load` is deprecated. Please switch to ...") never
+    # reaches the server log
+    assert "Please switch to" not in log and "is deprecated. Please" not in log

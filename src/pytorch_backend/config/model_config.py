@@ -40,6 +40,7 @@ class TensorSpec:
 class InstanceGroup:
     kind: str  # "KIND_CPU", "KIND_GPU", "KIND_MODEL", "KIND_AUTO"
     count: int
+    name: str = ""  # Triton names a model's instances <group name>_<n>
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,15 @@ class ModelConfig:
     def cpu_instance_count(self) -> int:
         """Total ``count`` of the KIND_CPU instance groups."""
         return sum(g.count for g in self.instance_groups if g.kind in ("KIND_CPU", "CPU"))
+
+    def is_first_instance(self, instance_name: str) -> bool:
+        """Whether ``instance_name`` is the model's first instance, for what is logged once per
+        model: Triton names it after the first group (``<group>``, or ``<group>_0`` when the
+        group makes several); True without instance groups (outside Triton)."""
+        if not self.instance_groups:
+            return True
+        group = self.instance_groups[0].name or f"{self.name}_0"
+        return instance_name in (group, f"{group}_0")
 
     def input(self, name: str) -> TensorSpec:
         return next(s for s in self.inputs if s.name == name)
@@ -148,6 +158,7 @@ def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
         InstanceGroup(
             kind=g.get("kind", "KIND_AUTO"),
             count=int(g.get("count", 1) or 1),
+            name=str(g.get("name", "") or ""),
         )
         for g in data.get("instance_group", ())
     )

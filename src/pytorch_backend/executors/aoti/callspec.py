@@ -28,6 +28,7 @@ from typing import Any
 
 import torch.utils._pytree as pytree
 
+from ... import torch_compat
 from ...config import ModelConfig, TensorSpec
 from ...errors import ModelLoadError
 
@@ -119,9 +120,8 @@ def _key(path: Sequence[Any]) -> str | None:
 
 
 def _children(spec: pytree.TreeSpec) -> list[pytree.TreeSpec]:
-    """Child specs (``children()`` in recent torch, ``children_specs`` before)."""
-    children = getattr(spec, "children", None)
-    return list(children() if callable(children) else spec.children_specs)
+    """Child specs (version differences in :mod:`...torch_compat`)."""
+    return torch_compat.treespec_children(spec)
 
 
 def _leaf_paths(spec: pytree.TreeSpec, kind: str, invalid: list[str]) -> list[tuple[Any, ...]]:

@@ -14,6 +14,9 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from ...torch_compat import AotiCheck
 
 _FUNCTION_RE = re.compile(r"static void check_input_(\d+)\(")
 _DTYPE_RE = re.compile(r"_expected_dtype = aoti_torch_dtype_(\w+)\(\)")
@@ -95,3 +98,32 @@ def _parse_function(body: str) -> InputCheck:
         high[int(m.group(1))] = int(m.group(2))
     dims = tuple(DimCheck(low[d], high[d]) for d in range(rank))
     return InputCheck(_AOTI_DTYPES.get(aoti_dtype, aoti_dtype), dims)
+
+
+def describe_dim(dim: DimCheck) -> str:
+    """What the package accepts in one dim: ``4``, ``2..32`` or ``>= 2``."""
+    if dim.static:
+        return str(dim.low)
+    if dim.high is None:
+        return f">= {dim.low}"
+    return f"{dim.low}..{dim.high}"
+
+
+def violation(leaf: int, check: InputCheck, tensor: Any) -> AotiCheck | None:
+    """The first of ``check``'s conditions ``tensor`` breaks, in the words of AOTI's own input
+    check (so a refused request reads the same on every torch); None when it passes."""
+    where = f"input_handles[{leaf}]"
+    if tensor.dim() != len(check.dims):
+        text = f"{where}: unmatched number of dims, expected: {len(check.dims)}, but got: "
+        return AotiCheck(leaf, "rank", text + str(tensor.dim()))
+    for d, (size, dim) in enumerate(zip(tensor.shape, check.dims)):
+        if dim.static and size != dim.low:
+            text = f"unmatched dim value at {d}, expected: {dim.low}, but got: {size}"
+            return AotiCheck(leaf, "static", f"{where}: {text}", d, dim.low)
+        if size < dim.low:
+            text = f"dim value is too small at {d}, expected it to be >= {dim.low}, but got: {size}"
+            return AotiCheck(leaf, "small", f"{where}: {text}", d, dim.low)
+        if dim.high is not None and size > dim.high:
+            text = f"dim value is too large at {d}, expected to be <= {dim.high}, but got: {size}"
+            return AotiCheck(leaf, "large", f"{where}: {text}", d, dim.high)
+    return None

@@ -5,14 +5,18 @@ Loading:
 1. The file is classified first, so that a TorchScript archive, a ``torch.save`` checkpoint, an
    exported program without compiled code or garbage gets an error saying what it is.
 2. ``torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, device_index)`` loads the
-   package directly (``torch._inductor.aoti_load_package`` wraps the same loader but first
-   imports ``torch._inductor`` and probes the host compiler, seconds per instance), with
+   package directly, through :func:`...torch_compat.aoti_package_loader`
+   (``torch._inductor.aoti_load_package`` wraps the same loader but first imports
+   ``torch._inductor`` and probes the host compiler, seconds per instance), with
    ``AOTI_RUNTIME_CHECK_INPUTS`` set so the generated input checks stay on for this model (a
    wrong shape then fails cleanly instead of reading out of bounds).
 3. The call spec is named (:mod:`.callspec`) and bound to the config names.
-4. The package is probed (:mod:`.probe`) for its batch range, dtypes and fixed dims.
+4. The input checks the package states (its generated source, :mod:`.checks`) give its batch
+   range, dtypes and fixed dims (:mod:`.probe`; probing the runtime where the source is absent).
 
-Running: inputs are flattened in leaf order and made contiguous. Batches below the exported
+Running: inputs are flattened in leaf order, made contiguous and checked against the package's
+stated input checks (a refused input is the request's fault, with the same text on every torch;
+torch 2.9's runtime would only say "API call failed"). Batches below the exported
 minimum (AOTI compiles ``Dim(min=1)`` as a lower bound of 2) are padded by repeating the last
 row, and the padding is dropped from the outputs. A config ``-1`` dim whose exported minimum is
 above 1 is logged at load, and a request below it is refused naming the minimum and why.
@@ -32,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ... import torch_compat
 from ...config import ModelConfig
 from ...errors import ExecutionError, RequestError
 from ...logs import InstanceLog
@@ -45,6 +50,7 @@ from .callspec import (
     parse_call_spec,
     resolve_bindings,
 )
+from .checks import InputCheck, package_source, parse_input_checks, violation
 from .probe import CHECK_RE, PackageProbe, parse_check
 
 _CHECK_ENV = "AOTI_RUNTIME_CHECK_INPUTS"
@@ -116,17 +122,18 @@ def load_package(config: ModelConfig, path: Path, device: torch.device) -> tuple
 
 
 def _package_loader(path: str, device_index: int) -> Any:
-    """The package's runner, built directly (no ``torch._inductor`` import, no compiler probe).
+    """The package's runner (version differences in :mod:`...torch_compat`)."""
+    return torch_compat.aoti_package_loader(path, _MODEL_NAME, device_index)
 
-    Arguments as ``torch._inductor.package.load_package``: model name, not single-threaded (the
-    runner may be called from any thread), one runner, the device index.
-    """
-    loader_type = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
-    if loader_type is None:  # pragma: no cover - a torch without the AOTI runtime bindings
-        from torch._inductor import aoti_load_package
 
-        return aoti_load_package(path, device_index=device_index).loader
-    return loader_type(path, _MODEL_NAME, False, 1, device_index)
+def stated_checks(path: Path) -> list[InputCheck] | None:
+    """The input checks the package's generated source states; None when it was not packaged or
+    reads in a way this backend does not know (then the runtime is probed instead)."""
+    source = package_source(path)
+    checks = parse_input_checks(source) if source is not None else []
+    if not checks or any(check.dtype == "unknown" for check in checks):
+        return None
+    return checks
 
 
 @contextlib.contextmanager
@@ -163,6 +170,8 @@ class AotiExecutor:
             except CallSpecError as e:
                 raise load_error(config, e) from e
             self.bindings = resolve_bindings(self.call_spec, config)
+            #: The package's stated input checks, in leaf order (None: not in the package).
+            self.input_checks = stated_checks(self.path)
             probe = PackageProbe(
                 config,
                 self.path,
@@ -171,6 +180,7 @@ class AotiExecutor:
                 self.call_spec,
                 self.input_device,
                 self.log,
+                self.input_checks,
             )
             self.batch_range, fills = probe.run()
         offset = 1 if config.batching else 0
@@ -207,6 +217,7 @@ class AotiExecutor:
             if pad:
                 flat = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in flat]
                 self.capabilities.counters.padded_rows += pad
+        self._check_inputs(flat)
         try:
             outputs = self._loader.run(flat)
         except Exception as e:  # noqa: BLE001 - the runner raises RuntimeError and others
@@ -235,6 +246,17 @@ class AotiExecutor:
     def _load(self, device: torch.device) -> Any:
         loader, self.input_device = load_package(self.config, self.path, device)
         return loader
+
+    def _check_inputs(self, flat: list[torch.Tensor]) -> None:
+        """Refuse, as the request's fault, inputs the package's stated checks reject."""
+        if self.input_checks is None:
+            return
+        for leaf, (check, tensor) in enumerate(zip(self.input_checks, flat)):
+            broken = violation(leaf, check, tensor)
+            if broken is not None:
+                text = self._explain(RuntimeError(broken.text))
+                hint = self._below_minimum(broken.text)
+                raise RequestError(f"{hint}AOT-Inductor execution failed: {text}")
 
     def _below_minimum(self, message: str) -> str:
         """For a size under the minimum of a config ``-1`` dim: which, why, and what to send."""

@@ -1,83 +1,43 @@
-"""Probing an AOT-Inductor package with inputs it rejects, to learn what it accepts.
+"""What an AOT-Inductor package accepts, checked against the config it is served with.
 
-A ``.pt2`` package stores no batch range. AOTI's generated code validates every input (dtype,
-each dim against its exported range, strides, device) when ``AOTI_RUNTIME_CHECK_INPUTS`` was set
-at the model's first run. The probes pass ``meta`` tensors, which always fail the last check
-(device) and so never execute, and parse the failure: this yields the batch range and checks the
-config's dtypes and fixed dims against the package. A last real run on zeros verifies that every
-bound output is a tensor of the config's dtype (with a batch dimension when batching). This
-depends on the wording of torch's check messages: if it changes, the load fails with "probe run
-failed" rather than guessing.
+A ``.pt2`` package stores no batch range as data, but it states its input checks in the wrapper
+source AOT-Inductor generated (:mod:`.checks`, reached through :mod:`...torch_compat`): each
+input's dtype, static dims and dynamic dims' bounds. Those facts give the batch range and check
+the config's dtypes and fixed dims; the same checks run in Python before every execution (so a
+refused input reads the same on every torch). A package without that source falls back to
+probing: ``meta`` tensors that fail the runtime's own input checks, whose messages are parsed
+(only torch releases whose exceptions carry them; torch 2.9 prints them on stderr, and such a
+load fails saying so). A last real run on zeros verifies that every bound output is a tensor of
+the config's dtype (with a batch dimension when batching).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ... import torch_compat
 from ...config import ModelConfig, TensorSpec
 from ...config.dtypes import TRITON_TO_TORCH, triton_name
 from ...errors import ModelLoadError
 from ...logs import InstanceLog
 from .callspec import Bindings, CallSpec
+from .checks import InputCheck, describe_dim
 
 _HUGE_BATCH = 2**31 - 1
 
-CHECK_RE = re.compile(r"input_handles\[(\d+)\]: ([^\n]*)")
-_SMALL_RE = re.compile(r"too small at (\d+), expected it to be >= (-?\d+)")
-_LARGE_RE = re.compile(r"too large at (\d+), expected to be <= (-?\d+)")
-_STATIC_RE = re.compile(r"unmatched dim value at (\d+), expected: (-?\d+)")
-_DTYPE_RE = re.compile(r"unmatched dtype, expected: -?\d+\(([^)]*)\)")
-_AT_DTYPES = {
-    "at::kBool": "BOOL",
-    "at::kByte": "UINT8",
-    "at::kChar": "INT8",
-    "at::kShort": "INT16",
-    "at::kInt": "INT32",
-    "at::kLong": "INT64",
-    "at::kHalf": "FP16",
-    "at::kFloat": "FP32",
-    "at::kDouble": "FP64",
-    "at::kBFloat16": "BF16",
-}
-_COUNT_RE = re.compile(r"expected inputs vector size to be (\d+), but got (\d+)")
-
-
-@dataclass(frozen=True)
-class _Check:
-    """A parsed input-check failure of the generated code."""
-
-    leaf: int
-    kind: str  # "small" | "large" | "static" | "dtype" | "layout" (sizes passed)
-    text: str
-    dim: int = -1
-    value: int = 0
-    expected: str = ""  # the expected dtype, for "dtype"
-
-
-def parse_check(message: str) -> _Check | None:
-    m = CHECK_RE.search(message)
-    if m is None:
-        return None
-    leaf, text = int(m.group(1)), m.group(2).strip()
-    for kind, regex in (("small", _SMALL_RE), ("large", _LARGE_RE), ("static", _STATIC_RE)):
-        d = regex.search(text)
-        if d:
-            return _Check(leaf, kind, text, int(d.group(1)), int(d.group(2)))
-    d = _DTYPE_RE.search(text)
-    if d:
-        return _Check(leaf, "dtype", text, value=-1, expected=d.group(1))
-    if "stride" in text or "device" in text:
-        return _Check(leaf, "layout", text)
-    return None
+# The runtime's input-check messages are version-dependent: parsed in torch_compat.
+CHECK_RE = torch_compat.AOTI_CHECK_RE
+_COUNT_RE = torch_compat.AOTI_COUNT_RE
+_AT_DTYPES = torch_compat.AT_DTYPES
+_Check = torch_compat.AotiCheck
+parse_check = torch_compat.parse_aoti_check
 
 
 @contextlib.contextmanager
@@ -111,8 +71,11 @@ class PackageProbe:
         call_spec: CallSpec,
         input_device: torch.device,
         log: InstanceLog,
+        checks: Sequence[InputCheck] | None = None,
     ) -> None:
         self.config = config
+        #: The input checks the package states (its generated source); None: probe instead.
+        self.checks = None if checks is None else tuple(checks)
         self.path = path
         self.loader = loader
         self.bindings = bindings
@@ -146,9 +109,11 @@ class PackageProbe:
         return self.config.error(f"{what} (package '{self.path}'): {detail.strip()}")
 
     def run(self) -> tuple[tuple[int, int] | None, list[list[int]]]:
-        """Probe the package: its batch range (None without batching) and working input shapes."""
+        """Check the package: its batch range (None without batching) and working input shapes."""
         n = len(self.input_specs)
         batch0 = 1 if self.config.batching else None
+        if self.checks is not None and len(self.checks) != n:
+            raise self._count_error(len(self.checks))
         # 1. Are the input checks on? A complex128 input 0 fails the dtype check (the first one);
         #    with the checks off the model would run harmlessly on zeros.
         tensors = [
@@ -158,16 +123,24 @@ class PackageProbe:
         tensors[0] = torch.zeros_like(tensors[0], dtype=torch.complex128)
         error = self._probe_run(tensors)
         if error is not None and (m := _COUNT_RE.search(error)):
-            raise self.config.error(
-                f"the package takes {m.group(1)} tensor inputs but its call spec has {n} input "
-                "leaves: some forward arguments are not tensors (int, float, bool, None...), which "
-                "torch.export specialises away; only tensor inputs can be served"
-            )
+            raise self._count_error(int(m.group(1)))
+        if self.checks is not None:
+            if error is None:
+                self.log.warn("AOTI input checks are not active; the package's stated checks apply")
+            return self._from_checks(self.checks)
         if error is None:
             self.log.warn("AOTI input checks are not active; the batch range cannot be probed")
             batch_range = (1, self.config.max_batch_size) if self.config.batching else None
             return batch_range, [self._shape(i, batch0) for i in range(n)]
         if parse_check(error) is None:
+            if torch_compat.aoti_error_is_opaque(error):
+                raise self._fail(
+                    f"the package holds no generated source stating its input checks, and torch "
+                    f"{torch.__version__} reports input-check failures only on stderr, so its "
+                    "batch range cannot be probed; re-package it with this torch "
+                    "(aoti_compile_and_package keeps the source)",
+                    error,
+                )
             raise self._fail("probe run failed", error)
         fills = [self._shape(i, batch0) for i in range(n)]
         batch_range = None
@@ -176,6 +149,88 @@ class PackageProbe:
             for shape in fills:
                 shape[0] = batch_range[0]
         self._probe_leaves(fills)
+        self._dummy_run(fills)
+        return batch_range, fills
+
+    def _count_error(self, tensors: int) -> ModelLoadError:
+        return self.config.error(
+            f"the package takes {tensors} tensor inputs but its call spec has "
+            f"{len(self.input_specs)} input leaves: some forward arguments are not tensors (int, "
+            "float, bool, None...), which torch.export specialises away; only tensor inputs can "
+            "be served"
+        )
+
+    def _reexport(self) -> str:
+        return (
+            "re-export with dynamic_shapes giving dim 0 of every input "
+            f'torch.export.Dim("batch", min=1, max={self.config.max_batch_size})'
+        )
+
+    def _static_batch_error(self, leaf: int, size: int) -> ModelLoadError:
+        cfg = self.config
+        return cfg.error(
+            f"max_batch_size is {cfg.max_batch_size}, but the package was exported with a "
+            f"static batch dimension of {size} (dim 0 of input '{self.bindings.inputs[leaf]}'); "
+            f"{self._reexport()}, or set max_batch_size: 0 and declare the full shape in dims"
+        )
+
+    def _from_checks(
+        self, checks: Sequence[InputCheck]
+    ) -> tuple[tuple[int, int] | None, list[list[int]]]:
+        """Batch range and working shapes from the checks the package states; a config that
+        disagrees with them fails the load."""
+        cfg = self.config
+        offset = 1 if cfg.batching else 0
+        batch_range = None
+        fills: list[list[int]] = []
+        for leaf, (spec, check) in enumerate(zip(self.input_specs, checks)):
+            declared = f"TYPE_{spec.dtype}"
+            if check.dtype != spec.dtype:
+                expected = f"TYPE_{check.dtype}" if check.dtype in _AT_DTYPES.values() else None
+                raise cfg.error(
+                    f"input '{spec.name}' is declared {declared}, but the package expects "
+                    f"{expected or check.dtype}"
+                )
+            if len(check.dims) != offset + len(spec.shape):
+                raise cfg.error(
+                    f"input '{spec.name}' with dims {list(spec.shape)} does not match the "
+                    f"package: it takes {len(check.dims)}-dimensional tensors ("
+                    + ", ".join(describe_dim(d) for d in check.dims)
+                    + ")"
+                    + (" including the batch dimension" if offset else "")
+                )
+            fill: list[int] = []
+            for d, dim in enumerate(check.dims):
+                if d < offset:
+                    if dim.static:
+                        raise self._static_batch_error(leaf, dim.low)
+                    low, high = max(dim.low, 1), dim.high if dim.high is not None else sys.maxsize
+                    if batch_range is not None:
+                        low, high = max(low, batch_range[0]), min(high, batch_range[1])
+                    batch_range = (low, high)
+                    fill.append(low)
+                    continue
+                size = spec.shape[d - offset]
+                if size >= 0:
+                    if size < dim.low or (dim.high is not None and size > dim.high):
+                        raise cfg.error(
+                            f"input '{spec.name}' with dims {list(spec.shape)} does not match "
+                            f"the package at dim {d}: expected: {describe_dim(dim)}"
+                        )
+                    fill.append(size)
+                    continue
+                if not dim.static and dim.low > 1:
+                    self.minimums[(leaf, d)] = dim.low
+                fill.append(max(dim.low, 1))
+            fills.append(fill)
+        if batch_range is not None:
+            if cfg.max_batch_size > batch_range[1]:
+                raise cfg.error(
+                    f"max_batch_size {cfg.max_batch_size} exceeds the package's exported maximum "
+                    f"batch size {batch_range[1]}; {self._reexport()}, or lower max_batch_size"
+                )
+            for fill in fills:
+                fill[0] = batch_range[0]
         self._dummy_run(fills)
         return batch_range, fills
 
@@ -197,17 +252,10 @@ class PackageProbe:
                 raise self._dtype_error(0, check)
             return check
 
-        reexport = (
-            "re-export with dynamic_shapes giving dim 0 of every input "
-            f'torch.export.Dim("batch", min=1, max={cfg.max_batch_size})'
-        )
+        reexport = self._reexport()
 
         def static_error(check: _Check) -> ModelLoadError:
-            return cfg.error(
-                f"max_batch_size is {cfg.max_batch_size}, but the package was exported with a "
-                f"static batch dimension of {check.value} (dim 0 of input '{name}'); "
-                f"{reexport}, or set max_batch_size: 0 and declare the full shape in dims"
-            )
+            return self._static_batch_error(0, check.value)
 
         low_check = probe(1)
         low = 1

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ... import torch_compat
 from ...config import BackendParameters, ModelConfig
 from ...config.compile_options import KEY, CompileOptions
 from ...config.dtypes import TRITON_TO_TORCH
@@ -43,16 +44,7 @@ def compile_module(
 
 def compile_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean torch.compile itself failed (not the model's own code)."""
-    from torch._dynamo.exc import TorchDynamoException
-
-    types: list[type[BaseException]] = [TorchDynamoException]
-    try:
-        from torch._inductor.exc import InductorError
-
-        types.append(InductorError)
-    except ImportError:  # pragma: no cover - older torch
-        pass
-    return tuple(types)
+    return torch_compat.compile_error_types()
 
 
 class CompileWatch:
@@ -66,9 +58,7 @@ class CompileWatch:
 
     @staticmethod
     def graphs() -> int:
-        from torch._dynamo.utils import counters
-
-        return int(counters["stats"]["unique_graphs"])
+        return torch_compat.dynamo_unique_graphs()
 
     def rebase(self) -> None:
         """Count the graphs compiled so far as compiled at load (after the instance warm-up)."""
@@ -108,7 +98,7 @@ def warmup_inputs(config: ModelConfig, batch: int | None, device: torch.device) 
         if batch is None or batch >= 2:
             variable = [i + (batch is not None) for i, d in enumerate(spec.shape) if d < 0]
             for dim in ([0] if batch is not None else []) + variable:
-                torch._dynamo.maybe_mark_dynamic(tensor, dim)
+                torch_compat.mark_dynamic(tensor, dim)
         inputs[spec.name] = tensor
     return inputs
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from ... import torch_compat
 from ...config.dtypes import TORCH_TO_TRITON
 from ..aoti.callspec import CallSpecError, parse_call_spec
 from ..description import DescribeContext, ModelIO, TensorIO, read_sidecar
@@ -61,7 +62,7 @@ def _batch_symbol(inputs: list[Any]) -> Any | None:
     firsts = [t.shape[0] for t in inputs]
     if not all(isinstance(d, torch.SymInt) for d in firsts):
         return None
-    symbols = {d.node.expr for d in firsts}
+    symbols = {torch_compat.size_symbol(d) for d in firsts}
     return next(iter(symbols)) if len(symbols) == 1 else None
 
 
@@ -73,18 +74,16 @@ def _carries(meta: Any, symbol: Any) -> bool:
     if not isinstance(meta, torch.Tensor) or meta.dim() == 0:
         return False
     first = meta.shape[0]
-    return isinstance(first, torch.SymInt) and first.node.expr == symbol
+    return isinstance(first, torch.SymInt) and torch_compat.size_symbol(first) == symbol
 
 
 def describe_program(context: DescribeContext) -> ModelIO:
     """The registry's describer for torch.export programs (``torch.export.save`` files)."""
     config, path = context.config, context.path
     program = load_program(config, path)
-    spec = program.call_spec
+    in_spec, out_spec = torch_compat.program_call_spec(program)
     try:
-        call = parse_call_spec(
-            pytree.treespec_dumps(spec.in_spec), pytree.treespec_dumps(spec.out_spec)
-        )
+        call = parse_call_spec(pytree.treespec_dumps(in_spec), pytree.treespec_dumps(out_spec))
     except CallSpecError as exc:
         raise config.error(f"unsupported torch.export call spec: {exc}") from None
     inputs, outputs = user_values(program)

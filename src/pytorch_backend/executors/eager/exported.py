@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from ... import torch_compat
 from ...config import ModelConfig
 from ...config.dtypes import TRITON_TO_TORCH, triton_name
 from ...errors import ExecutionError
@@ -70,14 +71,14 @@ class ExportedProgramExecutor:
         input_device: torch.device | None,
     ) -> None:
         self.config = config
-        spec = program.call_spec
+        in_spec, out_spec = torch_compat.program_call_spec(program)
         try:
             self.call_spec: CallSpec = parse_call_spec(
-                pytree.treespec_dumps(spec.in_spec), pytree.treespec_dumps(spec.out_spec)
+                pytree.treespec_dumps(in_spec), pytree.treespec_dumps(out_spec)
             )
         except CallSpecError as exc:
             raise config.error(f"unsupported torch.export call spec: {exc}") from None
-        self.in_spec = spec.in_spec
+        self.in_spec = in_spec
         self.bindings = resolve_bindings(self.call_spec, config)
         inputs, outputs = user_values(program)
         self._check_inputs(inputs)
@@ -157,7 +158,7 @@ class ExportedProgramExecutor:
                 f"static batch dimension of {dim} (dim 0 of input '{name}'); {reexport}, or set "
                 "max_batch_size: 0 and declare the full shape in dims"
             )
-        bounds = program.range_constraints.get(dim.node.expr)
+        bounds = program.range_constraints.get(torch_compat.size_symbol(dim))
         low = int(bounds.lower) if bounds is not None else 1
         high = bounds.upper if bounds is not None else None
         high = int(high) if high is not None and high.is_finite else 2**63 - 1

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ... import torch_compat
 from ...config import ModelConfig
 from ...logs import InstanceLog
 from ...requests import Value
@@ -28,14 +29,23 @@ def load_torchscript(
     map_location: torch.device | None,
     log: InstanceLog | None = None,
 ) -> torch.jit.ScriptModule:
-    """Load a TorchScript file; errors keep torch's whole cause, or say what the file is instead."""
+    """Load a TorchScript file; errors keep torch's whole cause, or say what the file is instead.
+
+    torch's deprecation warning is kept out of the log; where torch deprecates TorchScript, the
+    model's first instance logs one line saying so and how to move to ``.pt2``.
+    """
+    deprecation: list[str] = []
     try:
-        module = torch.jit.load(str(path), map_location=map_location)
+        with torch_compat.quiet_torchscript(deprecation):
+            module = torch.jit.load(str(path), map_location=map_location)
     except Exception as exc:
         if log is not None:
             log.info(f"torch.jit.load('{path}') failed: {type(exc).__name__}: {exc}")
         reason = load_failure(config, path, exc)
         raise config.error(f"cannot load '{path}' as TorchScript: {reason}") from None
+    line = torch_compat.torchscript_deprecation(deprecation)
+    if line is not None and log is not None and config.is_first_instance(log.instance or ""):
+        log.warn(line)
     module.eval()
     return module
 
