@@ -117,3 +117,55 @@ def test_relative_directory_is_refused():
 
     with pytest.raises(ModelLoadError, match="'off' or an absolute directory path"):
         parse_parameters("m", {"COMPILE_CACHE": "cache"}, print)
+
+
+def package_affine(tmp_path: Path, repo: Path, name: str) -> Path:
+    """Package ``Affine`` (from a module file in ``tmp_path``) with its compile cache."""
+    import importlib.util
+
+    import torch
+
+    from pytorch_backend.serving.package import package
+
+    (tmp_path / "affine_module.py").write_text(MODULE)
+    spec = importlib.util.spec_from_file_location("affine_module", tmp_path / "affine_module.py")
+    imported = importlib.util.module_from_spec(spec)
+    sys.modules["affine_module"] = imported  # inspect finds the source file through it
+    try:
+        spec.loader.exec_module(imported)
+        return package(imported.Affine(), (torch.ones(2, 4),), repo, name, format="eager",
+                       max_batch_size=4, compile_cache=True, progress=None)  # fmt: skip
+    finally:
+        del sys.modules["affine_module"]
+
+
+def test_packaged_entry_loads_warm_from_a_read_only_version_directory(tmp_path):
+    import os
+    import stat
+
+    repo, writable = tmp_path / "repo", tmp_path / "writable"
+    package_affine(tmp_path, repo, "m")
+    packaged = repo / "m" / "1" / "compile_cache"
+    (entry,) = packaged.glob("*.bin")
+    kernels = {p.name for p in packaged.rglob("*.so")}
+    assert kernels and not list(packaged.rglob("*.lock"))
+    tree = [repo / "m", *(repo / "m").rglob("*")]
+    for path in tree:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+        env.update(
+            HOME=str(tmp_path), TMPDIR=str(tmp_path), PYTORCH_BACKEND_COMPILE_CACHE=str(writable)
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "pytorch_backend.serving.precompile", str(repo / "m")],
+            capture_output=True, text=True, check=False, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        for path in tree:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"compile cache: restored '{entry}'" in done.stdout
+    assert "packaged inductor file(s) copied" in done.stdout
+    # the kernels came from the package: none was compiled again
+    assert {p.name for p in (writable / "inductor").rglob("*.so")} == kernels

@@ -2,10 +2,13 @@
 
 Before an nn.Module is compiled, :func:`restore` loads the artifacts saved for the same key from
 the version directory's ``compile_cache/`` (shipped by ``pytorch-backend package --format
-eager``; read-only) or from the writable cache directory (parameter ``COMPILE_CACHE``); after
-the warm-up, :func:`save` writes what this process compiled there. The key covers the torch
-version, the device type, the module file, the weights file, the class, the method and
-``TORCH_COMPILE_OPTIONAL_PARAMETERS``: anything else compiles afresh (the mismatch is logged).
+eager --compile-cache``; read-only) or from the writable cache directory (parameter
+``COMPILE_CACHE``); after the warm-up, :func:`save` writes what this process compiled there. The
+artifacts do not carry inductor's compiled C++ kernels: a packaged entry ships them in
+``compile_cache/inductor/``, copied into the writable inductor cache before the restore. The
+key covers the torch version, the device type, the module file, the weights file, the class,
+the method and ``TORCH_COMPILE_OPTIONAL_PARAMETERS``: anything else compiles afresh (the
+mismatch is logged).
 A corrupt, unreadable or unwritable cache is logged and never fails the load.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -25,6 +29,7 @@ from ...logs import InstanceLog
 
 FORMAT = 1
 PACKAGED = "compile_cache"  # folder in the version directory (read-only source)
+INDUCTOR = "inductor"  # inductor's cache (C++ kernels) beside the entries
 ENV = "PYTORCH_BACKEND_COMPILE_CACHE"
 OFF = "off"
 
@@ -98,7 +103,7 @@ class CompileCache:
         current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
         if self.writable is None or (current and current != default_cache_dir()):
             return
-        folder = self.writable / "inductor"
+        folder = self.writable / INDUCTOR
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -112,6 +117,8 @@ class CompileCache:
         for path in self._candidates():
             if not path.is_file():
                 continue
+            if path.parent == self.packaged:
+                self._seed_inductor(self.packaged / INDUCTOR)
             try:
                 info = torch.compiler.load_cache_artifacts(path.read_bytes())
             except Exception as exc:  # noqa: BLE001 - a corrupt entry must not fail the load
@@ -128,6 +135,20 @@ class CompileCache:
             return True
         self.log.info(f"compile cache: no entry {self.name}; compiling afresh{self._mismatch()}")
         return False
+
+    def _seed_inductor(self, source: Path) -> None:
+        """Copy the packaged inductor files missing from inductor's (writable) cache into it."""
+        if not source.is_dir():
+            return
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        try:
+            target = Path(cache_dir())
+            copied = seed(source, target)
+        except OSError as exc:
+            self.log.warn(f"compile cache: cannot copy '{source}' into inductor's cache: {exc}")
+            return
+        self.log.info(f"compile cache: {copied} packaged inductor file(s) copied into '{target}'")
 
     def _mismatch(self) -> str:
         """Which key parts differ from an entry saved for another key, if any is found."""
@@ -164,6 +185,30 @@ class CompileCache:
             return None
         self.log.info(f"compile cache: saved '{target}' ({len(saved[0])} bytes)")
         return target
+
+
+def seed(source: Path, target: Path) -> int:
+    """Copy the files under ``source`` missing from ``target`` (each atomically, without lock
+    files); return how many were copied."""
+    copied = 0
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if not path.is_file() or relative.parts[0] == "locks" or (target / relative).exists():
+            continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{path.name}.", dir=(target / relative).parent
+        )
+        os.close(handle)
+        try:
+            shutil.copyfile(path, temporary)
+            os.chmod(temporary, path.stat().st_mode | 0o600)
+            os.replace(temporary, target / relative)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        copied += 1
+    return copied
 
 
 def _write(target: Path, data: bytes) -> None:
