@@ -92,7 +92,7 @@ def test_saved_then_restored_and_a_corrupt_entry_is_not_fatal(model_dir, tmp_pat
     # a changed module file is another key: the old entry is named as the mismatch
     (model_dir / "1" / "model.py").write_text(MODULE.replace("+ 1", "+ 2"))
     changed = load(model_dir, str(store), tmp_path)
-    assert "differs in: module" not in changed  # the module digest is what entries are found by
+    assert "differs in: module file)" in changed
     assert "compiling afresh" in changed
 
 
@@ -110,6 +110,42 @@ def test_off_and_keys(model_dir, tmp_path):
     variants.append(key_parts(module, weights, "Affine", "forward", "{}", "cpu"))
     names = {entry_name(parts) for parts in [base, *variants]}
     assert len(names) == 1 + len(variants)
+
+
+def test_mismatch_names_the_parts_of_the_closest_entry(tmp_path, monkeypatch):
+    from pytorch_backend.executors.eager.compile_cache import CompileCache
+    from pytorch_backend.logs import InstanceLog
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # left as it is
+    module, weights = tmp_path / "model.py", tmp_path / "model.pt"
+    module.write_text(MODULE)
+    parts = key_parts(module, weights, "Affine", "forward", "{}", "cpu")
+    store = tmp_path / "store"
+    store.mkdir()
+    saved = [
+        {**parts, "torch": "2.0.0", "device": "cuda", "method": "encode", "options": "{}x"},
+        {**parts, "torch": "2.0.0", "module": "0" * 64, "weights": "1" * 64},
+        {**parts, "class": "Other", "torch": "2.0.0"},  # another class: never named
+    ]
+    for i, entry in enumerate(saved):
+        (store / f"entry{i}.json").write_text(json.dumps(entry))
+
+    class Sink:
+        lines: list[str] = []
+
+        def log_info(self, message: str) -> None:
+            self.lines.append(message)
+
+        log_warn = log_error = log_verbose = log_info
+
+    sink = Sink()
+    cache = CompileCache(parts, store, tmp_path / "packaged", InstanceLog("m", "m_0", sink))
+    assert not cache.restore()
+    (line,) = [line for line in sink.lines if "no entry" in line]
+    assert line.endswith(
+        f"(entry entry1 in '{store}' differs in: torch version (saved 2.0.0, now "
+        f"{parts['torch']}); module file; weights file (absent))"
+    )
 
 
 def test_relative_directory_is_refused():

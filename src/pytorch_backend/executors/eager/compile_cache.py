@@ -151,7 +151,8 @@ class CompileCache:
         self.log.info(f"compile cache: {copied} packaged inductor file(s) copied into '{target}'")
 
     def _mismatch(self) -> str:
-        """Which key parts differ from an entry saved for another key, if any is found."""
+        """The parts of the key in which the closest entry saved for the same class differs."""
+        best: tuple[list[str], Path] | None = None
         for folder in (self.packaged, self.writable):
             if folder is None or not folder.is_dir():
                 continue
@@ -160,12 +161,17 @@ class CompileCache:
                     saved = json.loads(other.read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     continue
-                if not isinstance(saved, dict) or saved.get("module") != self.parts["module"]:
+                if not isinstance(saved, dict) or saved.get("class") != self.parts["class"]:
                     continue
                 differ = [k for k in self.parts if saved.get(k) != self.parts[k]]
-                if differ:
-                    return f" (entry {other.stem} in '{folder}' differs in: {', '.join(differ)})"
-        return ""
+                if differ and (best is None or len(differ) < len(best[0])):
+                    best = (differ, other)
+        if best is None:
+            return ""
+        differ, other = best
+        saved = json.loads(other.read_text(encoding="utf-8"))
+        parts = [_difference(k, saved.get(k), self.parts[k]) for k in differ]
+        return f" (entry {other.stem} in '{other.parent}' differs in: {'; '.join(parts)})"
 
     def save(self) -> Path | None:
         """Write what this process compiled (atomically) to the writable folder; log it."""
@@ -185,6 +191,26 @@ class CompileCache:
             return None
         self.log.info(f"compile cache: saved '{target}' ({len(saved[0])} bytes)")
         return target
+
+
+_LABELS = {
+    "format": "cache format",
+    "torch": "torch version",
+    "python": "Python version",
+    "device": "device type",
+    "module": "module file",
+    "weights": "weights file",
+    "method": "METHOD",
+    "options": "compile options",
+}
+
+
+def _difference(part: str, saved: object, now: object) -> str:
+    """``torch version (saved 2.12.0, now 2.13.0)``; file digests by name only."""
+    label = _LABELS.get(part, part)
+    if part in ("module", "weights"):
+        return label if saved and now else f"{label} ({'absent' if not now else 'added'})"
+    return f"{label} (saved {saved}, now {now})"
 
 
 def seed(source: Path, target: Path) -> int:
