@@ -92,7 +92,7 @@ def test_saved_then_restored_and_a_corrupt_entry_is_not_fatal(model_dir, tmp_pat
     # a changed module file is another key: the old entry is named as the mismatch
     (model_dir / "1" / "model.py").write_text(MODULE.replace("+ 1", "+ 2"))
     changed = load(model_dir, str(store), tmp_path)
-    assert "differs in: module" not in changed  # the module digest is what entries are found by
+    assert "differs in: module file)" in changed
     assert "compiling afresh" in changed
 
 
@@ -112,8 +112,96 @@ def test_off_and_keys(model_dir, tmp_path):
     assert len(names) == 1 + len(variants)
 
 
+def test_mismatch_names_the_parts_of_the_closest_entry(tmp_path, monkeypatch):
+    from pytorch_backend.executors.eager.compile_cache import CompileCache
+    from pytorch_backend.logs import InstanceLog
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # left as it is
+    module, weights = tmp_path / "model.py", tmp_path / "model.pt"
+    module.write_text(MODULE)
+    parts = key_parts(module, weights, "Affine", "forward", "{}", "cpu")
+    store = tmp_path / "store"
+    store.mkdir()
+    saved = [
+        {**parts, "torch": "2.0.0", "device": "cuda", "method": "encode", "options": "{}x"},
+        {**parts, "torch": "2.0.0", "module": "0" * 64, "weights": "1" * 64},
+        {**parts, "class": "Other", "torch": "2.0.0"},  # another class: never named
+    ]
+    for i, entry in enumerate(saved):
+        (store / f"entry{i}.json").write_text(json.dumps(entry))
+
+    class Sink:
+        lines: list[str] = []
+
+        def log_info(self, message: str) -> None:
+            self.lines.append(message)
+
+        log_warn = log_error = log_verbose = log_info
+
+    sink = Sink()
+    cache = CompileCache(parts, store, tmp_path / "packaged", InstanceLog("m", "m_0", sink))
+    assert not cache.restore()
+    (line,) = [line for line in sink.lines if "no entry" in line]
+    assert line.endswith(
+        f"(entry entry1 in '{store}' differs in: torch version (saved 2.0.0, now "
+        f"{parts['torch']}); module file; weights file (absent))"
+    )
+
+
 def test_relative_directory_is_refused():
     from pytorch_backend.config import parse_parameters
 
     with pytest.raises(ModelLoadError, match="'off' or an absolute directory path"):
         parse_parameters("m", {"COMPILE_CACHE": "cache"}, print)
+
+
+def package_affine(tmp_path: Path, repo: Path, name: str) -> Path:
+    """Package ``Affine`` (from a module file in ``tmp_path``) with its compile cache."""
+    import importlib.util
+
+    import torch
+
+    from pytorch_backend.serving.package import package
+
+    (tmp_path / "affine_module.py").write_text(MODULE)
+    spec = importlib.util.spec_from_file_location("affine_module", tmp_path / "affine_module.py")
+    imported = importlib.util.module_from_spec(spec)
+    sys.modules["affine_module"] = imported  # inspect finds the source file through it
+    try:
+        spec.loader.exec_module(imported)
+        return package(imported.Affine(), (torch.ones(2, 4),), repo, name, format="eager",
+                       max_batch_size=4, compile_cache=True, progress=None)  # fmt: skip
+    finally:
+        del sys.modules["affine_module"]
+
+
+def test_packaged_entry_loads_warm_from_a_read_only_version_directory(tmp_path):
+    import os
+    import stat
+
+    repo, writable = tmp_path / "repo", tmp_path / "writable"
+    package_affine(tmp_path, repo, "m")
+    packaged = repo / "m" / "1" / "compile_cache"
+    (entry,) = packaged.glob("*.bin")
+    kernels = {p.name for p in packaged.rglob("*.so")}
+    assert kernels and not list(packaged.rglob("*.lock"))
+    tree = [repo / "m", *(repo / "m").rglob("*")]
+    for path in tree:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+        env.update(
+            HOME=str(tmp_path), TMPDIR=str(tmp_path), PYTORCH_BACKEND_COMPILE_CACHE=str(writable)
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "pytorch_backend.serving.precompile", str(repo / "m")],
+            capture_output=True, text=True, check=False, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        for path in tree:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"compile cache: restored '{entry}'" in done.stdout
+    assert "packaged inductor file(s) copied" in done.stdout
+    # the kernels came from the package: none was compiled again
+    assert {p.name for p in (writable / "inductor").rglob("*.so")} == kernels

@@ -264,6 +264,7 @@ def _package(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             version=args.version,
             overwrite=args.overwrite,
+            compile_cache=args.compile_cache,
         )
     except PackageError as error:
         raise CliError(str(error)) from None
@@ -343,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--max-batch-size", type=int, default=0, metavar="N")
     pack.add_argument("--version", type=int, default=1)
     pack.add_argument("--overwrite", action="store_true")
+    pack.add_argument(
+        "--compile-cache",
+        action="store_true",
+        help="eager: compile on CPU now and ship the artifacts in <version>/compile_cache/",
+    )
     pack.set_defaults(func=_package)
 
     conv = commands.add_parser(

@@ -63,6 +63,7 @@ def package(
     rtol: float = 1e-4,
     atol: float = 1e-5,
     overwrite: bool = False,
+    compile_cache: bool = False,
     progress: Callable[[str], None] | None = _stderr,
 ) -> Path:
     """Package ``module`` for this backend; return the model directory.
@@ -73,10 +74,14 @@ def package(
     dimension ``Dim("batch", min=1, max=max_batch_size)``, or ``dynamic_shapes`` when given, then
     AOT-Inductor), ``"torchscript"`` (script, else trace) or ``"eager"`` (the module's source file
     as ``model.py`` and its ``state_dict`` as ``model.pt``). Dims are the examples' shapes
-    (``"pt2"``: the export's, ``-1`` where dynamic).
+    (``"pt2"``: the export's, ``-1`` where dynamic). ``compile_cache`` (``"eager"`` only): load
+    the written model once on CPU as the server would (torch.compile, warm-up) and ship the
+    compiled artifacts in ``<version>/compile_cache/`` (as long as a cold load takes).
     """
     if format not in FORMATS:
         raise PackageError(f"format {format!r} is not one of {', '.join(FORMATS)}")
+    if compile_cache and format != "eager":
+        raise PackageError(f"compile_cache applies to format 'eager', not {format!r}")
     if max_batch_size < 0:
         raise PackageError(f"max_batch_size must be >= 0, got {max_batch_size}")
     model_dir = Path(repository) / name
@@ -116,6 +121,13 @@ def package(
         comment = f"Written by pytorch_backend.package ({format}, {type(module).__name__})."
         text = config_text(name, io, platform=platform, comments=[comment])
         (staging / "config.pbtxt").write_text(text, encoding="utf-8")
+        if compile_cache:
+            from .precompile import CompileCacheError, compile_into
+
+            try:
+                compile_into(staging, version, step)
+            except CompileCacheError as error:
+                raise PackageError(str(error)) from None
         _install(staging, model_dir, overwrite)
     step(f"wrote {model_dir}")
     return model_dir

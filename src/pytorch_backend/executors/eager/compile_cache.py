@@ -2,10 +2,13 @@
 
 Before an nn.Module is compiled, :func:`restore` loads the artifacts saved for the same key from
 the version directory's ``compile_cache/`` (shipped by ``pytorch-backend package --format
-eager``; read-only) or from the writable cache directory (parameter ``COMPILE_CACHE``); after
-the warm-up, :func:`save` writes what this process compiled there. The key covers the torch
-version, the device type, the module file, the weights file, the class, the method and
-``TORCH_COMPILE_OPTIONAL_PARAMETERS``: anything else compiles afresh (the mismatch is logged).
+eager --compile-cache``; read-only) or from the writable cache directory (parameter
+``COMPILE_CACHE``); after the warm-up, :func:`save` writes what this process compiled there. The
+artifacts do not carry inductor's compiled C++ kernels: a packaged entry ships them in
+``compile_cache/inductor/``, copied into the writable inductor cache before the restore. The
+key covers the torch version, the device type, the module file, the weights file, the class,
+the method and ``TORCH_COMPILE_OPTIONAL_PARAMETERS``: anything else compiles afresh (the
+mismatch is logged).
 A corrupt, unreadable or unwritable cache is logged and never fails the load.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -25,6 +29,7 @@ from ...logs import InstanceLog
 
 FORMAT = 1
 PACKAGED = "compile_cache"  # folder in the version directory (read-only source)
+INDUCTOR = "inductor"  # inductor's cache (C++ kernels) beside the entries
 ENV = "PYTORCH_BACKEND_COMPILE_CACHE"
 OFF = "off"
 
@@ -98,7 +103,7 @@ class CompileCache:
         current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
         if self.writable is None or (current and current != default_cache_dir()):
             return
-        folder = self.writable / "inductor"
+        folder = self.writable / INDUCTOR
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -112,6 +117,8 @@ class CompileCache:
         for path in self._candidates():
             if not path.is_file():
                 continue
+            if path.parent == self.packaged:
+                self._seed_inductor(self.packaged / INDUCTOR)
             try:
                 info = torch.compiler.load_cache_artifacts(path.read_bytes())
             except Exception as exc:  # noqa: BLE001 - a corrupt entry must not fail the load
@@ -129,8 +136,23 @@ class CompileCache:
         self.log.info(f"compile cache: no entry {self.name}; compiling afresh{self._mismatch()}")
         return False
 
+    def _seed_inductor(self, source: Path) -> None:
+        """Copy the packaged inductor files missing from inductor's (writable) cache into it."""
+        if not source.is_dir():
+            return
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        try:
+            target = Path(cache_dir())
+            copied = seed(source, target)
+        except OSError as exc:
+            self.log.warn(f"compile cache: cannot copy '{source}' into inductor's cache: {exc}")
+            return
+        self.log.info(f"compile cache: {copied} packaged inductor file(s) copied into '{target}'")
+
     def _mismatch(self) -> str:
-        """Which key parts differ from an entry saved for another key, if any is found."""
+        """The parts of the key in which the closest entry saved for the same class differs."""
+        best: tuple[list[str], Path] | None = None
         for folder in (self.packaged, self.writable):
             if folder is None or not folder.is_dir():
                 continue
@@ -139,12 +161,17 @@ class CompileCache:
                     saved = json.loads(other.read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     continue
-                if not isinstance(saved, dict) or saved.get("module") != self.parts["module"]:
+                if not isinstance(saved, dict) or saved.get("class") != self.parts["class"]:
                     continue
                 differ = [k for k in self.parts if saved.get(k) != self.parts[k]]
-                if differ:
-                    return f" (entry {other.stem} in '{folder}' differs in: {', '.join(differ)})"
-        return ""
+                if differ and (best is None or len(differ) < len(best[0])):
+                    best = (differ, other)
+        if best is None:
+            return ""
+        differ, other = best
+        saved = json.loads(other.read_text(encoding="utf-8"))
+        parts = [_difference(k, saved.get(k), self.parts[k]) for k in differ]
+        return f" (entry {other.stem} in '{other.parent}' differs in: {'; '.join(parts)})"
 
     def save(self) -> Path | None:
         """Write what this process compiled (atomically) to the writable folder; log it."""
@@ -164,6 +191,50 @@ class CompileCache:
             return None
         self.log.info(f"compile cache: saved '{target}' ({len(saved[0])} bytes)")
         return target
+
+
+_LABELS = {
+    "format": "cache format",
+    "torch": "torch version",
+    "python": "Python version",
+    "device": "device type",
+    "module": "module file",
+    "weights": "weights file",
+    "method": "METHOD",
+    "options": "compile options",
+}
+
+
+def _difference(part: str, saved: object, now: object) -> str:
+    """``torch version (saved 2.12.0, now 2.13.0)``; file digests by name only."""
+    label = _LABELS.get(part, part)
+    if part in ("module", "weights"):
+        return label if saved and now else f"{label} ({'absent' if not now else 'added'})"
+    return f"{label} (saved {saved}, now {now})"
+
+
+def seed(source: Path, target: Path) -> int:
+    """Copy the files under ``source`` missing from ``target`` (each atomically, without lock
+    files); return how many were copied."""
+    copied = 0
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if not path.is_file() or relative.parts[0] == "locks" or (target / relative).exists():
+            continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{path.name}.", dir=(target / relative).parent
+        )
+        os.close(handle)
+        try:
+            shutil.copyfile(path, temporary)
+            os.chmod(temporary, path.stat().st_mode | 0o600)
+            os.replace(temporary, target / relative)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        copied += 1
+    return copied
 
 
 def _write(target: Path, data: bytes) -> None:
