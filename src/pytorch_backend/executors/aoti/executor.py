@@ -10,7 +10,9 @@ Loading:
    ``AOTI_RUNTIME_CHECK_INPUTS`` set so the generated input checks stay on for this model (a
    wrong shape then fails cleanly instead of reading out of bounds).
 3. The call spec is named (:mod:`.callspec`) and bound to the config names.
-4. The package is probed (:mod:`.probe`) for its batch range, dtypes and fixed dims.
+4. The package is probed (:mod:`.probe`) for its batch range, dtypes and fixed dims; the
+   output shapes of its run on zeros are declared (``capabilities.load_run``) for the
+   instance's output-shape check.
 
 Running: inputs are flattened in leaf order and made contiguous. Batches below the exported
 minimum (AOTI compiles ``Dim(min=1)`` as a lower bound of 2) are padded by repeating the last
@@ -36,7 +38,7 @@ from ...config import ModelConfig
 from ...errors import ExecutionError, RequestError
 from ...logs import InstanceLog
 from .. import artifacts
-from ..base import Capabilities, LoadContext
+from ..base import Capabilities, LoadContext, LoadRunOutputs
 from .callspec import (
     CallSpec,
     CallSpecError,
@@ -189,6 +191,7 @@ class AotiExecutor:
                 name: tuple(fill[offset:]) for name, fill in zip(self.bindings.inputs, fills)
             },
             batch_range=self.batch_range,
+            load_run=self._load_run(probe),
         )
 
     # -- public ------------------------------------------------------------------------------
@@ -235,6 +238,17 @@ class AotiExecutor:
     def _load(self, device: torch.device) -> Any:
         loader, self.input_device = load_package(self.config, self.path, device)
         return loader
+
+    def _load_run(self, probe: PackageProbe) -> LoadRunOutputs | None:
+        """The probe's run on zeros: output shapes, fixed when no input dim is variable."""
+        if not probe.output_shapes:
+            return None
+        fixed = all(d >= 0 for spec in probe.input_specs for d in spec.shape)
+        slots = {
+            name: self.call_spec.outputs[index].describe()
+            for name, index in self.bindings.outputs.items()
+        }
+        return LoadRunOutputs(dict(probe.output_shapes), fixed, slots)
 
     def _below_minimum(self, message: str) -> str:
         """For a size under the minimum of a config ``-1`` dim: which, why, and what to send."""
