@@ -10,7 +10,8 @@ as a plain dict, and the version directory to :func:`complete_config`, which
 3. fills every missing input, the outputs when none are declared, a declared tensor's missing
    ``data_type`` or ``dims``, ``max_batch_size`` and ``dynamic_batching``, logging one line per
    completed field. What the user wrote is never changed: a written value that contradicts the
-   model is a load error naming both values.
+   model is a load error naming both values (for output dims only with ``OUTPUT_SHAPE_CHECK``
+   ``error``; otherwise the load serves the model's shape and warns, as for a complete config).
 
 A config whose tensors are all written and whose ``max_batch_size`` is set is left alone without
 opening the model. Nothing here touches Triton; the adapter applies :class:`Completion` through
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig, parse_model_header, parse_parameters
+from .config import ModelConfig, OutputShapeCheck, parse_model_header, parse_parameters
 from .errors import PyTorchBackendError
 from .executors.description import DescribeContext, ModelIO, TensorIO
 from .executors.registry import REGISTRY, resolve_model
@@ -165,6 +166,9 @@ class _Completer:
         self.config = config
         self.io = io
         self.strict = strict  # check written values against the model (off: the load does)
+        # Written output dims that contradict the model are the load's to judge, unless refused.
+        params = parse_parameters(header.name, header.parameters, warn=lambda _: None)
+        self.refuse_output_dims = params.output_shape_check is OutputShapeCheck.ERROR
         self.result = Completion()
         self.missing: list[str] = []
         names = [e.get("name", "") for k in ("input", "output") for e in config.get(k) or ()]
@@ -290,6 +294,7 @@ class _Completer:
             )
         if (
             self.strict
+            and (kind == "input" or self.refuse_output_dims)
             and written_dims is not None
             and not entry.get("reshape")
             and tensor.dims is not None

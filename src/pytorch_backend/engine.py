@@ -3,7 +3,9 @@
 Each request is validated on its own (a bad one gets its own error); valid requests with
 compatible shapes are gathered with one ``torch.cat`` per input, run once, and every output is
 split back into per-request views. If the batched forward raises, or returns outputs that fail
-the config's checks, the batch is bisected so only the offending request(s) get the error. What
+the config's checks, the batch is bisected so only the offending request(s) get the error. An
+output shape that contradicts the config's dims is decided by the instance's
+:class:`~pytorch_backend.runtime.output_shapes.OutputShapes` (``OUTPUT_SHAPE_CHECK``). What
 runs around a forward or after an execute comes from :mod:`pytorch_backend.hooks`. Nothing here
 knows about Triton.
 """
@@ -16,13 +18,14 @@ from time import perf_counter_ns
 
 import torch
 
-from .config import ModelConfig, TensorSpec
+from .config import ModelConfig, OutputShapeCheck, TensorSpec
 from .config.dtypes import TRITON_TO_TORCH, triton_name
 from .errors import ExecutionError, ModelFailure, PyTorchBackendError, RequestError
 from .executors.base import Executor
 from .hooks import NO_FAILURES, ExecuteStats, Hooks
 from .logs import InstanceLog
 from .requests import InputValue, Outcome, RequestInputs, Value
+from .runtime.output_shapes import OutputShapes
 from .runtime.staging import PinnedStaging
 from .strings import Strings, check_string_list
 from .tracebacks import short_text
@@ -59,11 +62,16 @@ class InferenceEngine:
         hooks: Hooks | None = None,
         log: InstanceLog | None = None,
         staging: PinnedStaging | None = None,
+        output_shapes: OutputShapes | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
         self.hooks = hooks if hooks is not None else Hooks()
         self.log = log
+        #: The instance's output-shape check (default: ``OUTPUT_SHAPE_CHECK``'s default, warn).
+        self.output_shapes = output_shapes or OutputShapes(
+            config, log or InstanceLog(config.name), OutputShapeCheck.WARN
+        )
         self._forwards = 0
         self._prepare_ns = self._forward_ns = self._split_ns = 0  # of the current infer
         self._inputs = {spec.name: spec for spec in config.inputs}
@@ -82,9 +90,6 @@ class InferenceEngine:
         # Per-item shapes without -1, compared in one go (None: some dim is variable).
         self._fixed_dims = {
             spec.name: (None if -1 in spec.shape else spec.shape) for spec in config.inputs
-        }
-        self._output_shapes = {
-            spec.name: batch_dim + spec.shape for spec in config.outputs if not spec.is_string
         }
 
     # -- public -------------------------------------------------------------------------------
@@ -306,13 +311,7 @@ class InferenceEngine:
                 f"output '{name}' has {value.shape[0]} rows in dimension 0; the "
                 f"batch has {total} items"
             )
-        expected = self._output_shapes[name]
-        shape = value.shape
-        if len(shape) != len(expected) or any(e not in (-1, s) for e, s in zip(expected, shape)):
-            raise ExecutionError(
-                f"output '{name}' has shape {_shape_text(shape)}; the configuration declares "
-                f"{_shape_text(expected)}" + (" (-1: the batch dimension)" if batching else "")
-            )
+        self.output_shapes.check(name, value.shape)
         if value.requires_grad:
             value = value.detach()
         return value.contiguous()

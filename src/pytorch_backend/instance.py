@@ -2,8 +2,9 @@
 
 :func:`build_instance` reads as the list of load phases, in order: parse the config and its
 parameters, pick the device, apply the torch settings, resolve the model kind and its artifact,
-load the executor through the registry, share weights, assemble the hooks (metrics among them)
-and the engine, log what was done. Nothing here touches Triton, so every phase is unit-tested
+load the executor through the registry (its output shapes at load go to the instance's
+output-shape check), share weights, assemble the hooks (metrics among them) and the engine, log
+what was done. Nothing here touches Triton, so every phase is unit-tested
 with plain torch.
 """
 
@@ -47,6 +48,7 @@ from .runtime.execution import (
     stop_server,
     unavailable_message,
 )
+from .runtime.output_shapes import OutputShapes
 from .runtime.report import EffectiveSettings, effective_lines
 from .runtime.settings import RuntimeSettings, apply_runtime_settings
 from .runtime.staging import PinnedStaging
@@ -169,6 +171,8 @@ def _build(
     kind, path = resolved.kind, resolved.path
     log.info(f"model kind: {kind.value} ({resolved.reason})")
     executor = REGISTRY[kind].load(LoadContext(config, path, device, log, params))
+    output_shapes = OutputShapes(config, log, params.output_shape_check)
+    output_shapes.at_load(executor.capabilities.load_run)
     shared, sharing = _share_weights(
         params, args, kind, path, device, executor, log, config.cpu_instance_count
     )
@@ -177,8 +181,8 @@ def _build(
     hooks = _hooks(params, settings, device, executor, sticky, metrics)
     executor, graphs = _cuda_graphs(params, kind, device, executor, buckets, log)
     staging = _staging(executor)
-    engine = InferenceEngine(config, executor, hooks, log, staging)
-    _warm_up(config, kind, executor, hooks, buckets, log, staging)
+    engine = InferenceEngine(config, executor, hooks, log, staging, output_shapes)
+    _warm_up(config, kind, executor, hooks, buckets, log, staging, output_shapes)
     cuda_graphs = graphs.seal() if isinstance(graphs, GraphExecutor) else graphs
     sequences = _sequences(config, args, executor, log, metrics)
     effective = EffectiveSettings(
@@ -261,12 +265,13 @@ def _warm_up(
     buckets: list[int | None],
     log: InstanceLog,
     staging: PinnedStaging | None = None,
+    output_shapes: OutputShapes | None = None,
 ) -> None:
     """``WARMUP``: run the buckets through an engine without metrics (:mod:`.runtime.warmup`)."""
     if not buckets:
         return
     without_metrics = Hooks([h for h in hooks.hooks if not isinstance(h, MetricsHook)])
-    engine = InferenceEngine(config, executor, without_metrics, log, staging)
+    engine = InferenceEngine(config, executor, without_metrics, log, staging, output_shapes)
     # A compiled module's watch would report the warm-up's graphs as recompilations.
     watch = getattr(executor, "watch", None)
     if watch is not None:

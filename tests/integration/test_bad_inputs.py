@@ -58,7 +58,9 @@ def server(triton, tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("bad-inputs-artifacts")
     compile_off = (
         'parameters { key: "TORCH_COMPILE_OPTIONAL_PARAMETERS" '
-        f"value: {{ string_value: {json.dumps(NO_COMPILE)} }} }}"
+        f"value: {{ string_value: {json.dumps(NO_COMPILE)} }} }}\n"
+        # a wrong output shape is one of the faults: refused for its request, as before
+        'parameters { key: "OUTPUT_SHAPE_CHECK" value: { string_value: "error" } }'
     )
     write_model(
         repo,

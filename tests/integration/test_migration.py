@@ -2,8 +2,10 @@
 
 One server serves a repository written as for the C++ backend (``platform: "pytorch_libtorch"``,
 ``"torch_aoti"``, ``backend: "pytorch"``) from a backends folder that has this plugin also as
-``pytorch``, next to the mistakes: a missing op library, wrong output dims, a raising model, a
-``.pt2`` with a dynamic sequence dimension, a ``model.pth`` without ``default_model_filename``.
+``pytorch``, next to the mistakes: a missing op library, a raising model, a ``.pt2`` with a
+dynamic sequence dimension, a ``model.pth`` without ``default_model_filename``. Wrong output dims,
+served with the model's shape as the C++ backend does, have their own server in
+``test_output_shapes.py``.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def server(triton, tritonserver_path, op_library, tmp_path_factory):
         "project": ts_models.save(Project(), root / "project.pt"),
     }
     torch.jit.save(torch.jit.script(AddOne()), str(files["add_one"]))
-    sequence, complex_pt2 = aoti_models.build_sequence(), aoti_models.build_complex()
+    sequence = aoti_models.build_sequence()
     repo = root / "repo"
     # Written for the C++ backend, unchanged: served under the backend name "pytorch".
     write_model(
@@ -97,26 +99,6 @@ def server(triton, tritonserver_path, op_library, tmp_path_factory):
         {"1/model.pt": files["add_one"]},
     )
     write_model(repo, "garbage", 'backend: "pytorch_python"' + io(), {"1/model.pt": b"garbage"})
-    write_model(
-        repo, "wrong_out", 'backend: "pytorch_python"' + io(out="3"), {"1/model.pt": files["scale"]}
-    )
-    ordinal = "".join(
-        f'{{ name: "{ordinal}" data_type: TYPE_{dtype} dims: [ '
-        + ("5" if ordinal == "OUTPUT__0" else ", ".join(map(str, dims)))
-        + " ] },"
-        for ordinal, dtype, dims in aoti_models.COMPLEX_OUTPUTS.values()
-    )
-    inputs = "".join(
-        f'{{ name: "{ordinal}" data_type: TYPE_{dtype} dims: [ {", ".join(map(str, dims))} ] }},'
-        for ordinal, dtype, dims in aoti_models.COMPLEX_INPUTS.values()
-    )
-    write_model(
-        repo,
-        "wrong_out_pt2",
-        'backend: "pytorch_python" platform: "torch_aoti" max_batch_size: 8 '
-        f"input [ {inputs.rstrip(',')} ] output [ {ordinal.rstrip(',')} ]",
-        {"1/model.pt2": complex_pt2},
-    )
     write_model(
         repo,
         "layout",
@@ -200,19 +182,6 @@ def test_wrong_input_layout_error_is_short(server, protocol):
     assert __file__ not in message
     result = infer(protocol, server, "layout", {"x": np.ones((2, 3), np.float32)})
     np.testing.assert_allclose(result["y"], np.full((2, 2), 3.0))
-
-
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_wrong_output_dims_torchscript_fail_each_request(server, protocol):
-    with pytest.raises(InferenceServerException) as info:
-        infer(protocol, server, "wrong_out", {"x": X})
-    assert "output 'y' has shape [1, 2]; the configuration declares [-1, 3]" in str(info.value)
-
-
-def test_wrong_output_dims_pt2_fail_the_load(server):
-    text = reason(server, "wrong_out_pt2")
-    assert "output 'OUTPUT__0' (RESULT[out]" in text and "has shape [2, 4]" in text
-    assert "declares dims [5]" in text
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

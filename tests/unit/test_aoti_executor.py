@@ -313,16 +313,25 @@ def test_cpu_package_on_a_gpu_instance_runs_on_cpu(padded_pkg):
 # --- migration: output dims checked at load, minimum lengths of dynamic non-batch dims ---------
 
 
-def test_wrong_fixed_output_dims_fail_the_load(complex_pkg):
+def test_wrong_fixed_output_dims_fail_the_load_under_error(complex_pkg):
+    from pytorch_backend.config import OutputShapeCheck
+    from pytorch_backend.logs import InstanceLog
+    from pytorch_backend.runtime.output_shapes import OutputShapes
+
     outputs = dict(models.COMPLEX_OUTPUTS)
     outputs["RESULT[out]"] = ("OUTPUT__0", "FP32", (5,))
     cfg = make_config(8, models.COMPLEX_INPUTS, outputs)
+    run = AotiExecutor(cfg, complex_pkg, CPU).capabilities.load_run  # the load does not judge
+    assert run is not None and run.fixed and run.shapes["RESULT[out]"] == (2, 4)
+    shapes = OutputShapes(cfg, InstanceLog("aoti"), OutputShapeCheck.ERROR)
     with pytest.raises(ModelLoadError, match=r"output 'RESULT\[out\]'.* has shape \[2, 4\]"):
-        AotiExecutor(cfg, complex_pkg, CPU)
+        shapes.at_load(run)
 
 
-def test_output_dims_that_may_depend_on_variable_inputs_are_only_warned(padded_pkg):
+def test_output_dims_that_may_depend_on_variable_inputs_are_only_warned_under_error(padded_pkg):
+    from pytorch_backend.config import OutputShapeCheck
     from pytorch_backend.logs import InstanceLog
+    from pytorch_backend.runtime.output_shapes import OutputShapes
 
     warnings: list[str] = []
 
@@ -331,8 +340,11 @@ def test_output_dims_that_may_depend_on_variable_inputs_are_only_warned(padded_p
         log_warn = staticmethod(warnings.append)
 
     cfg = make_config(16, {"ARGS[0]": ("INPUT__0", "FP32", (-1,))}, {"RESULT": ("O", "FP32", (5,))})
-    AotiExecutor(cfg, padded_pkg, CPU, InstanceLog("aoti", "aoti_0", Sink()))
-    assert any("declares dims [5]" in w for w in warnings)
+    log = InstanceLog("aoti", "aoti_0", Sink())
+    run = AotiExecutor(cfg, padded_pkg, CPU, log).capabilities.load_run
+    assert run is not None and not run.fixed
+    OutputShapes(cfg, log, OutputShapeCheck.ERROR).at_load(run)
+    assert any("declares dims [5]" in w and "will fail" in w for w in warnings)
 
 
 def test_length_below_the_exported_minimum_is_refused_with_the_reason():

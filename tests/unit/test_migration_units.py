@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pytorch_backend import torch_compat
-from pytorch_backend.config import ModelKind, parse_model_config
+from pytorch_backend.config import ModelKind, OutputShapeCheck, parse_model_config
 from pytorch_backend.config.parameters import parse_parameters
 from pytorch_backend.engine import InferenceEngine
 from pytorch_backend.errors import ExecutionError, ModelFailure, ModelLoadError
@@ -18,6 +18,7 @@ from pytorch_backend.executors.registry import artifact_path, resolve_kind
 from pytorch_backend.executors.torchscript.executor import TorchScriptExecutor, load_torchscript
 from pytorch_backend.logs import InstanceLog
 from pytorch_backend.requests import RequestInputs
+from pytorch_backend.runtime.output_shapes import OutputShapes
 from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
 from pytorch_backend.runtime.settings import apply_runtime_settings
 from pytorch_backend.serving import cli
@@ -140,10 +141,14 @@ def test_engine_sends_short_error_and_logs_the_full_text_verbose(tmp_path):
     ],
 )
 def test_output_shapes_are_checked_against_the_config(batch, out_dims, x, error):
+    """Under ``OUTPUT_SHAPE_CHECK: "error"``; the default (warn) is in test_output_shapes.py."""
     dims = (2,) if batch else (-1, 2)
     cfg = config(inputs=(dims,), outputs=(out_dims,), max_batch_size=batch)
+    shapes = OutputShapes(cfg, InstanceLog("m"), OutputShapeCheck.ERROR)
     engine = InferenceEngine(
-        cfg, TorchScriptExecutor(cfg, torch.jit.script(ts_models.Scale()), CPU)
+        cfg,
+        TorchScriptExecutor(cfg, torch.jit.script(ts_models.Scale()), CPU),
+        output_shapes=shapes,
     )
     (outcome,) = engine.infer([RequestInputs({"x": x})])
     if error is None:

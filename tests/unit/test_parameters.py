@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytorch_backend.config import GradPolicy
+from pytorch_backend.config import GradPolicy, OutputShapeCheck
 from pytorch_backend.config.parameter_table import markdown_table
 from pytorch_backend.config.parameters import (
     KNOWN_KEYS,
@@ -49,6 +49,7 @@ def test_defaults_when_absent() -> None:
     assert params.enable_weight_sharing is False
     assert params.custom_op_libraries == ()
     assert params.model_filename is None
+    assert params.output_shape_check is OutputShapeCheck.WARN
     assert params.grad_policy is GradPolicy.INFERENCE_MODE
     assert warnings == []
 
@@ -244,12 +245,37 @@ def test_every_known_key_parses_without_warning() -> None:
         "FORCE_CPU_ONLY_INPUT_TENSORS": "yes",
         "EXECUTION_ENV_PATH": "env.tar.gz",
         "WARMUP_BATCH_SIZES": "1,4",
+        "OUTPUT_SHAPE_CHECK": "error",
     }
     raw = {key: values.get(key, "false") for key in KNOWN_KEYS}
     params, warnings = parse(raw)
     assert warnings == []
     assert params.intra_op_thread_count == 2 and params.inter_op_thread_count == 1
     assert params.grad_policy is GradPolicy.NO_GRAD
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("warn", OutputShapeCheck.WARN),
+        ("error", OutputShapeCheck.ERROR),
+        ("off", OutputShapeCheck.OFF),
+        (" Error ", OutputShapeCheck.ERROR),
+        ("OFF", OutputShapeCheck.OFF),
+    ],
+)
+def test_output_shape_check(value: str, expected: OutputShapeCheck) -> None:
+    params, warnings = parse({"OUTPUT_SHAPE_CHECK": value})
+    assert params.output_shape_check is expected and warnings == []
+    assert BackendParameters().output_shape_check is OutputShapeCheck.WARN  # as the C++ backend
+
+
+@pytest.mark.parametrize("value", ["", "strict", "true", "warning"])
+def test_bad_output_shape_check_is_refused(value: str) -> None:
+    assert refused({"OUTPUT_SHAPE_CHECK": value}) == (
+        f"model 'm': parameter 'OUTPUT_SHAPE_CHECK' has invalid value {value!r}: expected one of "
+        "'warn', 'error', 'off'"
+    )
 
 
 def test_parameters_are_frozen() -> None:

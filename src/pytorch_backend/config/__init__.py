@@ -1,6 +1,6 @@
 """What a model's configuration says, parsed once at load into frozen dataclasses and enums."""
 
-from .enums import GradPolicy, InstanceKind, ModelKind, NamingConvention
+from .enums import GradPolicy, InstanceKind, ModelKind, NamingConvention, OutputShapeCheck
 from .model_config import (
     InstanceGroup,
     ModelConfig,
@@ -18,6 +18,7 @@ __all__ = [
     "ModelConfig",
     "ModelKind",
     "NamingConvention",
+    "OutputShapeCheck",
     "TensorSpec",
     "parse_model_config",
     "parse_model_header",

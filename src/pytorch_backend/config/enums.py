@@ -37,6 +37,14 @@ class GradPolicy(Enum):
     ENABLE_GRAD = "enable_grad"
 
 
+class OutputShapeCheck(Enum):
+    """``OUTPUT_SHAPE_CHECK``: what an output whose shape contradicts its config dims gets."""
+
+    WARN = "warn"  # served with the model's shape, as the C++ backend; one warning per output
+    ERROR = "error"  # refused: at load where the shape is known there, else each such request
+    OFF = "off"  # served with the model's shape, nothing logged
+
+
 class NamingConvention(Enum):
     """How config names were bound to a TorchScript forward's arguments or results."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..errors import ModelLoadError
 from .compile_options import CompileOptions, parse_compile_options
-from .enums import GradPolicy, ModelKind
+from .enums import GradPolicy, ModelKind, OutputShapeCheck
 from .values import (
     parse_batch_sizes,
     parse_bool,
@@ -30,6 +30,7 @@ from .values import (
     parse_library_list,
     parse_method_name,
     parse_module_file_name,
+    parse_output_shape_check,
     parse_thread_count,
 )
 
@@ -78,6 +79,7 @@ class BackendParameters:
     stop_server_on_sticky_error: bool = False
     enable_cancellation_check: bool = True
     refuse_writable_model_directory: bool = False
+    output_shape_check: OutputShapeCheck = OutputShapeCheck.WARN
 
     @property
     def grad_policy(self) -> GradPolicy:
@@ -340,6 +342,16 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`true`",
         "enable_cancellation_check",
         parse_bool,
+    ),
+    Parameter(
+        "OUTPUT_SHAPE_CHECK",
+        "an output whose shape contradicts its config `dims`: `warn` serves the model's shape, as "
+        "the C++ backend does, with one warning per output and instance; `error` refuses it (at "
+        "load where the shape is known there, else each such request); `off` serves it silently "
+        "(see Output shapes)",
+        "`warn`",
+        "output_shape_check",
+        parse_output_shape_check,
     ),
 )
 

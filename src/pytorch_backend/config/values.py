@@ -2,7 +2,8 @@
 
 Booleans accept exactly ``true/on/1`` and ``false/off/0`` after lower-casing (upstream's
 ``ParseBoolValue``); thread counts are non-negative decimal integers that fit a C ``int``; file
-names are plain names inside the version directory.
+names are plain names inside the version directory; a choice (``OUTPUT_SHAPE_CHECK``) is one of
+its enum's values, in any case.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 
 from ..errors import ModelLoadError
+from .enums import OutputShapeCheck
 
 _TRUE = frozenset({"true", "on", "1"})
 _FALSE = frozenset({"false", "off", "0"})
@@ -96,3 +98,12 @@ def parse_batch_sizes(model: str, key: str, value: str) -> tuple[int, ...]:
     if not parts or not all(_UINT_RE.fullmatch(p) and 0 < int(p) <= _INT_MAX for p in parts):
         raise _bad(model, key, value, "comma-separated positive batch sizes, e.g. '1,4,16'")
     return tuple(sorted({int(p) for p in parts}))
+
+
+def parse_output_shape_check(model: str, key: str, value: str) -> OutputShapeCheck:
+    """``warn``, ``error`` or ``off`` (any case, surrounding whitespace allowed)."""
+    try:
+        return OutputShapeCheck(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(repr(c.value) for c in OutputShapeCheck)
+        raise _bad(model, key, value, f"one of {choices}") from None

@@ -30,6 +30,18 @@ class ExecutorCounters:
     warmup_seconds: float | None = None
 
 
+@dataclass(frozen=True)
+class LoadRunOutputs:
+    """What a run of the model at load returned, for the output-shape check (OUTPUT_SHAPE_CHECK)."""
+
+    #: Each bound tensor output's shape (batch dimension included), by config name.
+    shapes: Mapping[str, tuple[int, ...]]
+    #: Whether every request's outputs have these shapes, batch aside (no input dim varies).
+    fixed: bool
+    #: How the model calls an output, where that says more than its name (``RESULT[out] (= ...)``).
+    slots: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, eq=False)
 class Capabilities:
     """What an executor declares about itself, so that no caller needs to type-check it."""
@@ -44,6 +56,8 @@ class Capabilities:
     batch_range: tuple[int, int] | None = None
     #: What the executor counts about its runs (padding, recompilations, warm-up time).
     counters: ExecutorCounters = field(default_factory=ExecutorCounters)
+    #: The output shapes of a run at load (an AOT-Inductor package's test run on zeros).
+    load_run: LoadRunOutputs | None = None
 
 
 class Executor(Protocol):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import BackendParameters, ModelKind
+from ..config import BackendParameters, ModelKind, OutputShapeCheck
 from ..config.parameters import BY_KEY, PARAMETERS
 from .settings import SERVER_CPUS, RuntimeSettings, available_cpus
 
@@ -127,6 +127,18 @@ def _warmup_sizes(e: EffectiveSettings) -> str:
     return f"[{sizes}]" + ("" if given else " (not given: powers of two, max, preferred)")
 
 
+_OUTPUT_SHAPES = {
+    OutputShapeCheck.WARN: "served with the model's shape, warned once per output",
+    OutputShapeCheck.ERROR: "refused",
+    OutputShapeCheck.OFF: "served with the model's shape, not logged",
+}
+
+
+def _output_shapes(e: EffectiveSettings) -> str:
+    check = e.params.output_shape_check
+    return f"{check.value} (an output shape that contradicts the dims: {_OUTPUT_SHAPES[check]})"
+
+
 def _for_kind(key: str, describe: Describer) -> Describer:
     """``describe``, or "no effect" when the parameter does not apply to the model's kind."""
 
@@ -192,6 +204,7 @@ DESCRIBERS: Mapping[str, Describer] = {
     "STOP_SERVER_ON_STICKY_ERROR": lambda e: on_off(e.params.stop_server_on_sticky_error),
     "ENABLE_CANCELLATION_CHECK": lambda e: on_off(e.params.enable_cancellation_check),
     "REFUSE_WRITABLE_MODEL_DIRECTORY": lambda e: on_off(e.params.refuse_writable_model_directory),
+    "OUTPUT_SHAPE_CHECK": _output_shapes,
 }
 
 

@@ -4,7 +4,10 @@ For each model folder and version: parse ``config.pbtxt`` (Triton's protobuf tex
 auto-completion (the server's default), then build one instance with
 :func:`pytorch_backend.instance.build_instance` (config, parameters, device, kind, artifact,
 executor load and probes) and release it. Problems carry the same text the load would give.
-Models whose backend is neither ``pytorch_python`` nor ``python`` are skipped.
+An output shape that contradicts the config's dims, where the load sees one (an AOT-Inductor
+package's test run, the warm-up), is a warning under the model's line: the server serves the
+model's shape (``OUTPUT_SHAPE_CHECK`` ``warn``) or fails such requests (``error``). Models whose
+backend is neither ``pytorch_python`` nor ``python`` are skipped.
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ class Result:
     version: str
     summary: str = ""
     problem: str = ""
+    warnings: tuple[str, ...] = ()  # output shapes that contradict the config's dims
 
     @property
     def ok(self) -> bool:
         return not self.problem
 
     def line(self) -> str:
+        """The model version's line, then one indented line per warning."""
         where = f"{self.model} (version {self.version})" if self.version else self.model
-        return f"{where}: " + (f"OK - {self.summary}" if self.ok else f"ERROR - {self.problem}")
+        line = f"{where}: " + (f"OK - {self.summary}" if self.ok else f"ERROR - {self.problem}")
+        return "\n".join([line, *(f"    WARNING - {w}" for w in self.warnings)])
 
 
 class _Lines:
@@ -101,7 +107,7 @@ def check_model(model_dir: Path, verbose: Callable[[str], None] | None = None) -
     except Exception as error:  # noqa: BLE001 - text_format raises ParseError and others
         yield Result(name, "", problem=f"config.pbtxt does not parse: {error}")
         return
-    config.setdefault("name", name)
+    config["name"] = config.get("name") or name  # Triton names it after its folder
     if config.get("backend") not in BACKENDS:
         yield Result(name, "", summary=f"skipped (backend {config.get('backend')!r})")
         return
@@ -138,9 +144,10 @@ def _check_version(
             f"{instance.kind.value}, {len(cfg.inputs)} input(s), {len(cfg.outputs)} output(s), "
             f"max_batch_size {cfg.max_batch_size}"
         )
+        warnings = tuple(instance.engine.output_shapes.seen.values())
     finally:
         instance.close()
-    return Result(name, version, summary=summary)
+    return Result(name, version, summary=summary, warnings=warnings)
 
 
 def check_repository(
@@ -157,5 +164,9 @@ def check_repository(
             report(result.line())
             results.append(result)
     failed = [r for r in results if not r.ok]
-    report(f"{len(results)} model version(s) checked, {len(failed)} with problems")
+    warned = sum(1 for r in results if r.warnings)
+    report(
+        f"{len(results)} model version(s) checked, {len(failed)} with problems"
+        + (f", {warned} with warnings" if warned else "")
+    )
     return results

@@ -12,7 +12,9 @@ Loading:
    wrong shape then fails cleanly instead of reading out of bounds).
 3. The call spec is named (:mod:`.callspec`) and bound to the config names.
 4. The input checks the package states (its generated source, :mod:`.checks`) give its batch
-   range, dtypes and fixed dims (:mod:`.probe`; probing the runtime where the source is absent).
+   range, dtypes and fixed dims (:mod:`.probe`; probing the runtime where the source is absent);
+   the output shapes of its run on zeros are declared (``capabilities.load_run``) for the
+   instance's output-shape check.
 
 Running: inputs are flattened in leaf order, made contiguous and checked against the package's
 stated input checks (a refused input is the request's fault, with the same text on every torch;
@@ -41,7 +43,7 @@ from ...config import ModelConfig
 from ...errors import ExecutionError, RequestError
 from ...logs import InstanceLog
 from .. import artifacts
-from ..base import Capabilities, LoadContext
+from ..base import Capabilities, LoadContext, LoadRunOutputs
 from .callspec import (
     CallSpec,
     CallSpecError,
@@ -199,6 +201,7 @@ class AotiExecutor:
                 name: tuple(fill[offset:]) for name, fill in zip(self.bindings.inputs, fills)
             },
             batch_range=self.batch_range,
+            load_run=self._load_run(probe),
         )
 
     # -- public ------------------------------------------------------------------------------
@@ -257,6 +260,17 @@ class AotiExecutor:
                 text = self._explain(RuntimeError(broken.text))
                 hint = self._below_minimum(broken.text)
                 raise RequestError(f"{hint}AOT-Inductor execution failed: {text}")
+
+    def _load_run(self, probe: PackageProbe) -> LoadRunOutputs | None:
+        """The probe's run on zeros: output shapes, fixed when no input dim is variable."""
+        if not probe.output_shapes:
+            return None
+        fixed = all(d >= 0 for spec in probe.input_specs for d in spec.shape)
+        slots = {
+            name: self.call_spec.outputs[index].describe()
+            for name, index in self.bindings.outputs.items()
+        }
+        return LoadRunOutputs(dict(probe.output_shapes), fixed, slots)
 
     def _below_minimum(self, message: str) -> str:
         """For a size under the minimum of a config ``-1`` dim: which, why, and what to send."""

@@ -8,7 +8,8 @@ refused input reads the same on every torch). A package without that source fall
 probing: ``meta`` tensors that fail the runtime's own input checks, whose messages are parsed
 (only torch releases whose exceptions carry them; torch 2.9 prints them on stderr, and such a
 load fails saying so). A last real run on zeros verifies that every bound output is a tensor of
-the config's dtype (with a batch dimension when batching).
+the config's dtype (with a batch dimension when batching) and records its shape (which
+``OUTPUT_SHAPE_CHECK`` compares with the config's dims).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class PackageProbe:
         #: (leaf, tensor dim) -> the package's minimum, for variable (-1) dims whose minimum is
         #: above 1 (torch.export compiles a dynamic ``Dim(min=1)`` with a minimum of 2).
         self.minimums: dict[tuple[int, int], int] = {}
+        #: Each bound output's shape in the run on zeros, by config name (empty: it did not run).
+        self.output_shapes: dict[str, tuple[int, ...]] = {}
 
     def _shape(self, leaf: int, batch: int | None) -> list[int]:
         dims = [d if d >= 0 else 1 for d in self.input_specs[leaf].shape]
@@ -357,22 +360,4 @@ class PackageProbe:
                     f"output '{name}' has shape {list(value.shape)} for a batch of {batch}: with "
                     "max_batch_size > 0 every output needs the batch as dim 0"
                 )
-            self._check_output_shape(name, index, tuple(value.shape))
-
-    def _check_output_shape(self, name: str, index: int, shape: tuple[int, ...]) -> None:
-        """The test run's output shape against the config (``-1`` matches anything). With every
-        input dim fixed a mismatch fails the load; otherwise it may depend on the input sizes, so
-        it is logged and each request's outputs are checked when served."""
-        spec = self.config.output(name)
-        expected = ((-1,) if self.config.batching else ()) + spec.shape
-        if len(shape) == len(expected) and all(e in (-1, s) for e, s in zip(expected, shape)):
-            return
-        message = (
-            f"output '{name}' ({self.call_spec.outputs[index].describe()}) has shape "
-            f"{list(shape)} in a test run on zeros; the configuration declares dims "
-            f"{list(spec.shape)}"
-            + (f" ({list(expected)} with the batch)" if self.config.batching else "")
-        )
-        if all(d >= 0 for s in self.input_specs for d in s.shape):
-            raise self.config.error(f"{message}: correct the output's dims in config.pbtxt")
-        self.log.warn(f"{message}; requests whose outputs differ from the dims will fail")
+            self.output_shapes[name] = tuple(value.shape)
