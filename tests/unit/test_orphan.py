@@ -111,3 +111,30 @@ def test_the_stub_region_comes_from_the_stub_command_line():
     )
     assert orphan.stub_shm_region(["python", "x", "y"]) is None
     assert orphan.stub_shm_region([stub, "m", "../etc/passwd"]) is None
+
+
+def test_a_group_kill_of_server_and_stub_still_unlinks_the_region(tmp_path):
+    region, die = tmp_path / "region", tmp_path / "die"
+    region.write_bytes(b"shared memory")
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, STUB.format(region=str(region)), str(die)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    stub = int(server.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not _watchdogs_of(stub) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (watchdog,) = _watchdogs_of(stub)
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its stub at once
+        server.wait()
+        deadline = time.monotonic() + 10
+        while (region.exists() or _alive(watchdog)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not region.exists(), "the watchdog unlinked the region of its dead stub"
+        assert not _alive(watchdog)
+    finally:
+        for pid in (stub, *_watchdogs_of(stub)):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        server.stdout.close()

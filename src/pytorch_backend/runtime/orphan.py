@@ -13,8 +13,10 @@ nothing of the stub. Every :data:`POLL_SECONDS` it reads, from ``/proc``, its ow
 stub: when that changes, the stub ended and the watchdog exits) and the stub's parent (the server
 *process*, not one of its threads: it changes only when the server is gone, so the check cannot
 fire while the server lives). When the server is gone it unlinks the stub's shared-memory
-region (nothing can attach to it any more) and sends the stub SIGKILL. :func:`orphaned` lets
-``finalize`` skip a teardown that would wait on the dead server.
+region (nothing can attach to it any more) and sends the stub SIGKILL. It runs in a session of
+its own, so a SIGKILL to the server's whole process group (a supervisor's last resort) kills the
+server and the stub but not the watchdog, which then finds both gone and unlinks the region.
+:func:`orphaned` lets ``finalize`` skip a teardown that would wait on the dead server.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ stub=$1 server=$2 region=$3
 while :; do
   read -r line < /proc/$$/stat || exit 0
   set -- ${line##*) }
-  [ "$2" = "$stub" ] || exit 0
+  if [ "$2" != "$stub" ]; then
+    [ -n "$region" ] && [ ! -d /proc/$server ] && rm -f "$region"
+    exit 0
+  fi
   read -r line < /proc/$stub/stat || exit 0
   set -- ${line##*) }
   if [ "$2" != "$server" ]; then
@@ -71,6 +76,7 @@ def watch(region: str | None = None, poll: float = POLL_SECONDS) -> subprocess.P
     process = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         close_fds=True,  # never the server's listening sockets, which the stub inherited
+        start_new_session=True,  # a SIGKILL to the server's process group spares it
     )  # fmt: skip
     _state["watchdog"] = process
     return process
