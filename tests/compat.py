@@ -53,8 +53,9 @@ INTEGRATION: dict[str, tuple[str, ...]] = {
         "test_autocomplete.py::test_minimal_torch_export_program_is_completed_and_serves",
     ),
     "metrics": (
-        "test_metrics.py::test_requests_answered_and_failed_per_kind",
-        "test_metrics.py::test_rows_forwards_and_time_histograms",
+        "test_metrics.py::test_requests_answered_and_failed_per_kind",  # sends strings
+        "test_metrics.py::test_rows_forwards_and_time_histograms",  # sends strings
+        "test_lifecycle.py::test_reload_over_a_busy_instance_keeps_the_new_instance_series",
     ),
     "bad input": (
         "test_bad_inputs.py::test_a_bad_request_gets_its_own_answer_and_its_batch_is_served",

@@ -14,8 +14,11 @@ import torch
 
 from pytorch_backend import metrics
 from tests.client_utils import InferenceServerException, infer, write_model
+from tests.compat import STRINGS_NEED_NUMPY1
 from tests.deploy_utils import dashboard_metrics, hpa_source_metrics
 from tests.server_procs import wait_for
+
+pytestmark = STRINGS_NEED_NUMPY1  # every model here takes a TYPE_STRING input
 
 CONFIG = """
 name: "{name}"
