@@ -81,7 +81,7 @@ def closure(roots: list[Path], libs: Path) -> tuple[list[str], list[str]]:
 def find_libpython(version: str) -> Path | None:
     """A shared ``libpython<version>`` on this machine (PATH or pyenv), if any."""
     candidates = [shutil.which(f"python{version}")]
-    pyenv = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     candidates += [str(p / "bin" / "python") for p in sorted(pyenv.glob(version + ".*"))]
     query = (
         "import os, sysconfig as s; print(os.path.join(s.get_config_var('LIBDIR') or '',"

@@ -54,6 +54,12 @@ def server_stubs(server_pid: int, script: Path | None = None) -> dict[int, str]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    status = _status(pid)
+    return status is not None and not re.search(r"^State:\s+Z", status, re.M)
+
+
 def rss_kib(pid: int) -> int | None:
     """Resident memory of ``pid`` in KiB (None if it is gone)."""
     match = re.search(r"^VmRSS:\s+(\d+) kB", _status(pid) or "", re.M)

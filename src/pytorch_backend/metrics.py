@@ -7,22 +7,17 @@ knows Triton: the adapter (model.py) supplies a registry built on ``pb_utils.Met
 the series appear on Triton's metrics port beside its own; tests use a fake one.
 
 Every series carries the labels ``model``, ``version``, ``model_instance`` and ``pid`` (the stub
-process). ``pid`` is what keeps the server's heap whole across reloads: tritonserver shares one
-Prometheus series between every stub that creates the same family and labels, and frees it when
-the first of them deletes its handle (server #8663, core #471), while the others go on writing to
-it. A reloaded instance has the same model, version and instance name as the one it replaces,
-which finalizes while the new one serves, so without ``pid`` the old stub's teardown freed the
-new stub's series and the new one's next flush wrote into freed memory (glibc's ``unaligned
-tcache chunk detected``). Two live processes never share a pid.
+process). tritonserver shares one series between every stub that creates the same family and
+labels, and frees it when the first of them lets go (server #8663, core #471); a reloaded
+instance has the same names as the finalizing one it replaces, so ``pid`` keeps their series
+apart (else the old stub's teardown frees the new one's series, and its next flush corrupts the
+server's heap).
 
-Cost: each call on a Python-backend metric is a round trip to the server process (about 50 µs
-measured; one call per value per execute added about 0.3 ms to a 0.65 ms request). So the hook
-only adds to plain Python numbers, and what changed reaches the server at most once every
-:data:`FLUSH_SECONDS`: at the end of an execute when one is due (:meth:`MetricsHook.executing`),
-else from an idle flusher that runs only between executes, never beside one. For the same reason
-histograms are classic Prometheus histograms written as counters (``<name>_bucket`` with an
-``le`` label, ``<name>_sum``, ``<name>_count``), which ``histogram_quantile`` reads as usual: the
-server's native HISTOGRAM kind takes one call per observation and cannot be batched.
+Cost: each call on a Python-backend metric is a round trip to the server process (about 50 µs).
+So the hook only adds to plain Python numbers, and what changed reaches the server at most once
+every :data:`FLUSH_SECONDS`, between executes only (:meth:`MetricsHook.executing` and an idle
+flusher). Histograms are classic Prometheus histograms written as counters (``<name>_bucket``
+with ``le``, ``_sum``, ``_count``): the server's native HISTOGRAM costs one call per observation.
 """
 
 from __future__ import annotations

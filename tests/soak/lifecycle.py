@@ -52,7 +52,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 
 from tests.client_utils import write_model  # noqa: E402
-from tests.server_procs import diagnose, server_stubs, wait_for  # noqa: E402
+from tests.server_procs import alive, diagnose, server_stubs, wait_for  # noqa: E402
 from tests.soak.models import WIDTH, PoisonedMLP, mlp_reference  # noqa: E402
 
 MLPS = ("alpha", "beta", "gamma")
@@ -385,15 +385,6 @@ def run_cycles(
     }
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return not re.search(r"^State:\s+Z", status, re.M)
-
-
 def _stub_regions(pids) -> dict[int, str]:
     """The shared-memory region each stub maps (its command line's second argument)."""
     regions = {}
@@ -420,19 +411,20 @@ def kill_check(repo: Path, ports, log: Path, grace: float = 5.0) -> dict:
             wait_for(lambda: sum(load.answered.values()) > 200, "the load is running", deadline=120)
             os.kill(server.pid, signal.SIGKILL)
             killed = time.monotonic()
-            while any(_alive(p) for p in stubs) and time.monotonic() - killed < grace:
+            while any(alive(p) for p in stubs) and time.monotonic() - killed < grace:
                 time.sleep(0.05)
             exited_within = round(time.monotonic() - killed, 2)
-            alive = [pid for pid in stubs if _alive(pid)]
+            lingering = [pid for pid in stubs if alive(pid)]
             load.stop.set()
-        if alive:
-            failures.append(f"{len(alive)} of {len(stubs)} stubs alive {grace:g} s after SIGKILL")
-            failures.append(diagnose(alive[:1]))
+        if lingering:
+            count = f"{len(lingering)} of {len(stubs)}"
+            failures.append(f"{count} stubs alive {grace:g} s after SIGKILL")
+            failures.append(diagnose(lingering[:1]))
             deadline = time.monotonic() + 60
-            while any(_alive(p) for p in alive) and time.monotonic() < deadline:
+            while any(alive(p) for p in lingering) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            for pid in alive:  # never leave them behind
-                if _alive(pid):
+            for pid in lingering:  # never leave them behind
+                if alive(pid):
                     os.kill(pid, signal.SIGKILL)
         left = sorted(r for r in regions.values() if Path("/dev/shm", r).exists())
         if left:
@@ -458,7 +450,7 @@ def kill_check(repo: Path, ports, log: Path, grace: float = 5.0) -> dict:
         code = restarted.stop(timeout=120)
     if code != 0:
         failures.append(f"the new server exited with {code}")
-    return {"stubs": len(stubs), "stubs_alive_after_grace": len(alive),
+    return {"stubs": len(stubs), "stubs_alive_after_grace": len(lingering),
             "checked_after_seconds": grace, "all_gone_within": exited_within,
             "failures": failures}  # fmt: skip
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pytorch_backend.config import InstanceKind, ModelConfig, ModelKind, parse_model_config
-from pytorch_backend.config.parameters import BackendParameters, parse_parameters
+from pytorch_backend.config.parameter_parsing import parse_parameters
+from pytorch_backend.config.parameters import BackendParameters
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.executors.base import LoadContext
 from pytorch_backend.executors.registry import REGISTRY
@@ -76,7 +77,7 @@ def test_cpu_instance_never_initialises_cuda() -> None:
         "from pytorch_backend.config import InstanceKind, parse_model_config\n"
         "from pytorch_backend.runtime.devices import resolve_instance_device, InstanceStream,"
         " activate_device\n"
-        "from pytorch_backend.config.parameters import parse_parameters\n"
+        "from pytorch_backend.config.parameter_parsing import parse_parameters\n"
         "from pytorch_backend.runtime.settings import apply_runtime_settings\n"
         "from pytorch_backend.runtime.execution import execution_context\n"
         "cfg = parse_model_config({'name': 'm', 'platform': 'pytorch_libtorch',"

@@ -11,7 +11,7 @@ import torch
 
 from pytorch_backend import torch_compat
 from pytorch_backend.config import ModelKind, OutputShapeCheck, parse_model_config
-from pytorch_backend.config.parameters import parse_parameters
+from pytorch_backend.config.parameter_parsing import parse_parameters
 from pytorch_backend.engine import InferenceEngine
 from pytorch_backend.errors import ExecutionError, ModelFailure, ModelLoadError
 from pytorch_backend.executors.registry import artifact_path, resolve_kind

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 from pytorch_backend.runtime import orphan
+from tests.server_procs import alive
 
 # The "server": starts the "stub" and waits for the word to die. The stub starts its watchdog
 # (its parent is the server) and then sleeps, the way a hung teardown would.
@@ -36,14 +36,6 @@ STUB = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return not re.search(r"^State:\s+Z", status, re.M)
-
-
 def _watchdogs_of(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -60,33 +52,45 @@ def _watchdogs_of(pid: int) -> list[int]:
     return found
 
 
-def test_the_stub_runs_while_its_server_lives_and_ends_when_it_dies(tmp_path):
-    region, die = tmp_path / "region", tmp_path / "die"
+def _start_server(tmp_path: Path, region: Path, **popen) -> tuple[subprocess.Popen, int]:
+    """A "server" whose "stub" watches ``region``; returns once the stub's watchdog runs."""
     region.write_bytes(b"shared memory")
+    script = STUB.format(region=str(region))
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, STUB.format(region=str(region)), str(die)],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", SERVER, script, str(tmp_path / "die")],
+        stdout=subprocess.PIPE, text=True, **popen,
     )  # fmt: skip
     stub = int(server.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not _watchdogs_of(stub) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server, stub
+
+
+def _end(stub: int, server: subprocess.Popen) -> None:
+    """Leave nothing behind: the stub, its watchdog and the server's pipe."""
+    for pid in (stub, *_watchdogs_of(stub)):
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    server.stdout.close()
+
+
+def test_the_stub_runs_while_its_server_lives_and_ends_when_it_dies(tmp_path):
+    region = tmp_path / "region"
+    server, stub = _start_server(tmp_path, region)
     try:
-        deadline = time.monotonic() + 60
-        while not _watchdogs_of(stub) and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert _watchdogs_of(stub), "the stub started its watchdog"
         time.sleep(1.0)  # ten polls while the server lives: nothing happens
-        assert _alive(stub) and region.exists()
+        assert alive(stub) and region.exists()
         server.send_signal(signal.SIGKILL)  # the server dies without a word
         server.wait()
         deadline = time.monotonic() + 10
-        while _alive(stub) and time.monotonic() < deadline:
+        while alive(stub) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(stub), "the orphaned stub was ended"
+        assert not alive(stub), "the orphaned stub was ended"
         assert not region.exists(), "its shared-memory region was unlinked"
     finally:
-        for pid in (stub, *_watchdogs_of(stub)):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        server.stdout.close()
+        _end(stub, server)
 
 
 def test_the_watchdog_ends_with_its_stub(tmp_path):
@@ -97,9 +101,9 @@ def test_the_watchdog_ends_with_its_stub(tmp_path):
         stub.kill()
         stub.wait()
         deadline = time.monotonic() + 10
-        while _alive(watchdog) and time.monotonic() < deadline:
+        while alive(watchdog) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(watchdog), "no watchdog outlives its stub"
+        assert not alive(watchdog), "no watchdog outlives its stub"
     finally:
         stub.stdout.close()
 
@@ -114,27 +118,16 @@ def test_the_stub_region_comes_from_the_stub_command_line():
 
 
 def test_a_group_kill_of_server_and_stub_still_unlinks_the_region(tmp_path):
-    region, die = tmp_path / "region", tmp_path / "die"
-    region.write_bytes(b"shared memory")
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, STUB.format(region=str(region)), str(die)],
-        stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    stub = int(server.stdout.readline())
+    region = tmp_path / "region"
+    server, stub = _start_server(tmp_path, region, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while not _watchdogs_of(stub) and time.monotonic() < deadline:
-            time.sleep(0.05)
         (watchdog,) = _watchdogs_of(stub)
         os.killpg(server.pid, signal.SIGKILL)  # the server and its stub at once
         server.wait()
         deadline = time.monotonic() + 10
-        while (region.exists() or _alive(watchdog)) and time.monotonic() < deadline:
+        while (region.exists() or alive(watchdog)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not region.exists(), "the watchdog unlinked the region of its dead stub"
-        assert not _alive(watchdog)
+        assert not alive(watchdog)
     finally:
-        for pid in (stub, *_watchdogs_of(stub)):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        server.stdout.close()
+        _end(stub, server)

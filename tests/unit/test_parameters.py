@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from pytorch_backend.config import GradPolicy, OutputShapeCheck
+from pytorch_backend.config.parameter_parsing import parse_parameters
 from pytorch_backend.config.parameter_table import markdown_table
 from pytorch_backend.config.parameters import (
     KNOWN_KEYS,
     PARAMETERS,
     BackendParameters,
     parse_bool,
-    parse_parameters,
 )
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.runtime.report import DESCRIBERS

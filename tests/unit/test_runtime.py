@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from pytorch_backend.config import GradPolicy, ModelConfig, parse_model_config
-from pytorch_backend.config.parameters import BackendParameters, parse_parameters
+from pytorch_backend.config.parameter_parsing import parse_parameters
+from pytorch_backend.config.parameters import BackendParameters
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.runtime.execution import execution_context
 from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
@@ -90,7 +91,7 @@ CHILD = r"""
 import dataclasses, json, sys, threading
 import torch
 from pytorch_backend.config import parse_model_config
-from pytorch_backend.config.parameters import parse_parameters
+from pytorch_backend.config.parameter_parsing import parse_parameters
 from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
 from pytorch_backend.runtime.settings import apply_runtime_settings, available_cpus
 

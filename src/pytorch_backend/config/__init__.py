@@ -8,7 +8,8 @@ from .model_config import (
     parse_model_config,
     parse_model_header,
 )
-from .parameters import BackendParameters, parse_parameters
+from .parameter_parsing import parse_parameters
+from .parameters import BackendParameters
 
 __all__ = [
     "BackendParameters",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -15,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
+from .serve_args import CliError, check_address, check_ports, check_server_args
 from .server import (
     BackendAssemblyError,
     ModelStatus,
@@ -25,30 +25,13 @@ from .server import (
     check_pytorch_alias,
     client_host,
     find_tritonserver,
-    port_in_use,
 )
 
 EXAMPLES_MARKER = ".pytorch_backend_examples"
 LOCALHOST = "127.0.0.1"
 _ALL_ADDRESSES = ("0.0.0.0", "::")
 _LOCAL_DISPLAY = (LOCALHOST, *_ALL_ADDRESSES)
-_OWN_FLAGS = {
-    "--model-repository": "give the repository as REPO",
-    "--model-store": "give the repository as REPO",
-    "--backend-directory": "serve assembles it; use `pytorch-backend backends` and run "
-    "tritonserver yourself",
-    "--http-port": "use --http-port",
-    "--grpc-port": "use --grpc-port",
-    "--metrics-port": "use --metrics-port",
-    "--http-address": "use --address",
-    "--grpc-address": "use --address",
-    "--metrics-address": "use --address",
-}
 DEFAULT_EXAMPLES_REPO = "model_repository_examples"
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit code 1."""
 
 
 def _build_examples(repo: Path) -> object:
@@ -82,39 +65,6 @@ def _check_repository(repo: Path) -> None:
         raise CliError(f"model repository {repo} is not a folder")
 
 
-def _check_address(address: str) -> None:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((address, 0))
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise CliError(f"cannot bind to --address {address}: {reason}") from None
-
-
-def _check_server_args(server_args: Sequence[str]) -> None:
-    """Arguments after ``--`` go to tritonserver, except those ``serve`` sets itself."""
-    for arg in server_args:
-        flag = arg.split("=", 1)[0]
-        if flag in _OWN_FLAGS:
-            raise CliError(
-                f"{flag} is set by pytorch-backend serve; {_OWN_FLAGS[flag]} instead of "
-                "passing it after --"
-            )
-
-
-def _check_ports(ports: Mapping[str, int], address: str) -> None:
-    seen: dict[int, str] = {}
-    for flag, port in ports.items():
-        if not 0 < port < 65536:
-            raise CliError(f"{flag} {port} is not a valid port number")
-        if port in seen:
-            raise CliError(f"{seen[port]} and {flag} are both {port}; give each its own port")
-        seen[port] = flag
-        if port_in_use(port, address):
-            raise CliError(f"port {port} ({flag}) is already in use; choose another with {flag}")
-
-
 def _describe_models(models: Sequence[ModelStatus]) -> list[str]:
     if not models:
         return ["  models: none"]
@@ -134,10 +84,10 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def _serve(args: argparse.Namespace) -> int:
     repo = Path(args.repo)
     _check_repository(repo)
-    _check_server_args(args.server_args)
-    _check_address(args.address)
+    check_server_args(args.server_args)
+    check_address(args.address)
     ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port}
-    _check_ports({**ports, "--metrics-port": args.metrics_port}, args.address)
+    check_ports({**ports, "--metrics-port": args.metrics_port}, args.address)
     server_path = find_tritonserver()
     if args.build_examples or (repo / EXAMPLES_MARKER).exists():
         sys.stdout.write(_describe_built(repo, _build_examples(repo)))

@@ -1,6 +1,6 @@
 """How config input/output names bind to a TorchScript model's forward arguments and outputs.
 
-Upstream rules (shared/reference/upstream_semantics.md §3), with its gaps closed:
+The official C++ backend's rules (README, "TorchScript models"), with their gaps closed:
 inputs bind by forward-argument name when every config name is one; else by ``<name>__<index>``
 when every name has that form (indices validated: in range, no duplicates); else by config order.
 A lone ``Dict[str, Tensor]`` argument receives every input keyed by its config name.
