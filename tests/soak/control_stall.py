@@ -9,7 +9,8 @@ loaded again in a loop over HTTP; the same loop over gRPC. Reported per client a
 per second and the slowest answer. tritonserver 2.51 runs an HTTP load/unload on the HTTP worker
 thread that accepted it until the call ends (server #8958, fix proposed in server #8737), so an
 HTTP client whose connection that worker also serves gets no answer meanwhile; gRPC calls and
-gRPC clients are not affected. This is why the lifecycle harness makes its calls over gRPC.
+gRPC clients are not affected, and custom metrics play no part
+(``--metrics-off``). This is why the lifecycle harness makes its calls over gRPC.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import tritonclient.http as httpclient  # noqa: E402
 
 from tests.soak.lifecycle import WIDTH, _server, build_repository  # noqa: E402
 
+METRICS_OFF = 'parameters { key: "ENABLE_METRICS" value { string_value: "false" } }\n'
 CLIENTS = tuple((model, protocol) for model in ("alpha", "gamma") for protocol in ("http", "grpc"))
 
 
@@ -99,9 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=25.0)
     parser.add_argument("--ports", type=int, nargs=3, default=(18620, 18621, 18622))
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--metrics-off", action="store_true", help="ENABLE_METRICS false in every model"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="control-stall-") as tmp:
         repo = build_repository(Path(tmp) / "repo")
+        if args.metrics_off:
+            for config in repo.glob("*/config.pbtxt"):
+                config.write_text(config.read_text() + METRICS_OFF)
         server = _server(repo, tuple(args.ports), Path(tmp) / "server.log")
         server.start()
         try:
@@ -113,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             }
         finally:
             code = server.stop(timeout=120)
-    summary = {"seconds_per_phase": args.seconds, "phases": phases, "server_exit_code": code}
+    summary = {
+        "metrics": not args.metrics_off,
+        "seconds_per_phase": args.seconds,
+        "phases": phases,
+        "server_exit_code": code,
+    }
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:
