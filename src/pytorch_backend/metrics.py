@@ -22,27 +22,17 @@ with ``le``, ``_sum``, ``_count``): the server's native HISTOGRAM costs one call
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import enum
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from .executors.base import ExecutorCounters
 from .hooks import ExecuteStats, Hook
-
-
-class MetricKind(enum.Enum):
-    COUNTER = "counter"
-    GAUGE = "gauge"
-    HISTOGRAM = "histogram"
-
+from .metric_series import Gauge, Histogram, MetricKind, MetricSpec, Registry, Sum
 
 #: The labels of every series (not ``instance``: Prometheus sets that to the scraped target and
 #: would rename ours to ``exported_instance``). ``pid`` keeps a reloaded instance's series apart
@@ -61,17 +51,6 @@ def series_labels(model: str, version: str, instance: str) -> dict[str, str]:
     """:data:`LABELS` for an instance served by this process."""
     return {"model": model, "version": version, "model_instance": instance,
             "pid": str(os.getpid())}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """One metric family."""
-
-    name: str
-    kind: MetricKind
-    help: str  # the Prometheus HELP text, and the README's meaning
-    labels: tuple[str, ...] = ()  # beyond LABELS
-    exists: str = "every model"  # where the series exist (README)
 
 
 ANSWERED = MetricSpec(
@@ -168,21 +147,6 @@ METRICS: tuple[MetricSpec, ...] = (ANSWERED, FAILED, FORWARDS, ROWS, PADDED, PRE
                                    CUDA_ALLOCATED, CUDA_RESERVED, STICKY)  # fmt: skip
 
 
-class Counter(Protocol):
-    def increment(self, value: float) -> None: ...
-
-
-class Gauge(Protocol):
-    def set(self, value: float) -> None: ...
-
-
-class Registry(Protocol):
-    """Creates one series of a family (``pb_utils.MetricFamily(...).Metric(labels=...)``)."""
-
-    def counter(self, spec: MetricSpec, labels: Mapping[str, str]) -> Counter: ...
-    def gauge(self, spec: MetricSpec, labels: Mapping[str, str]) -> Gauge: ...
-
-
 def row_buckets(max_batch_size: int) -> tuple[float, ...]:
     """Powers of two up to ``max_batch_size``, and ``max_batch_size`` itself."""
     buckets, size = [], 1
@@ -201,55 +165,6 @@ def markdown_table() -> str:
         cells = (f"`{spec.name}`", spec.kind.value, spec.help, extra, spec.exists)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-class _Sum:
-    """A counter's increments since the last flush."""
-
-    __slots__ = ("pending", "series")
-
-    def __init__(self, series: Counter) -> None:
-        self.series, self.pending = series, 0.0
-
-    def flush(self) -> None:
-        pending, self.pending = self.pending, 0.0
-        if pending:
-            self.series.increment(pending)
-
-
-class _Histogram:
-    """A classic histogram as counters: cumulative ``_bucket{le}``, ``_sum`` and ``_count``."""
-
-    __slots__ = ("bounds", "counts", "parts", "total")
-
-    def __init__(self, registry: Registry, spec: MetricSpec, labels: Mapping[str, str],
-                 bounds: Sequence[float]) -> None:  # fmt: skip
-        def counter(suffix: str, what: str, **extra: str) -> _Sum:
-            part = MetricSpec(spec.name + suffix, MetricKind.COUNTER, f"{spec.help} ({what})")
-            return _Sum(registry.counter(part, {**labels, **extra}))
-
-        self.bounds = tuple(bounds)
-        les = [*(f"{b:g}" for b in self.bounds), "+Inf"]
-        self.parts = [counter("_bucket", "cumulative count per bucket", le=le) for le in les]
-        self.parts += [counter("_sum", "sum"), counter("_count", "count")]
-        self.counts = [0] * len(les)  # per bucket, not cumulative, since the last flush
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def flush(self) -> None:
-        counts, self.counts = self.counts, [0] * len(self.counts)
-        total, self.total = self.total, 0.0
-        running = 0
-        for count, part in zip(counts, self.parts):
-            running += count
-            part.pending += running
-        self.parts[-2].pending += total
-        self.parts[-1].pending += running
-        for part in self.parts:
-            part.flush()
 
 
 class MetricsHook(Hook):
@@ -273,19 +188,19 @@ class MetricsHook(Hook):
     ) -> None:
         self.registry, self.labels, self.counters = registry, dict(labels), counters
         self._lock = threading.Lock()
-        self._answered = _Sum(registry.counter(ANSWERED, labels))
+        self._answered = Sum(registry.counter(ANSWERED, labels))
         self._failed = {
-            kind: _Sum(registry.counter(FAILED, {**labels, "kind": kind})) for kind in ERROR_KINDS
+            kind: Sum(registry.counter(FAILED, {**labels, "kind": kind})) for kind in ERROR_KINDS
         }
-        self._forwards = _Sum(registry.counter(FORWARDS, labels))
+        self._forwards = Sum(registry.counter(FORWARDS, labels))
         batching = max_batch_size > 0
-        rows = _Histogram(registry, ROWS, labels, row_buckets(max_batch_size)) if batching else None
+        rows = Histogram(registry, ROWS, labels, row_buckets(max_batch_size)) if batching else None
         self._rows = rows
-        self._padded = _Sum(registry.counter(PADDED, labels)) if batching else None
-        self._prepare = _Histogram(registry, PREPARE, labels, TIME_BUCKETS)
-        self._forward = _Histogram(registry, FORWARD, labels, TIME_BUCKETS)
-        self._respond = _Histogram(registry, RESPOND, labels, TIME_BUCKETS)
-        self._recompilations = _Sum(registry.counter(RECOMPILATIONS, labels))
+        self._padded = Sum(registry.counter(PADDED, labels)) if batching else None
+        self._prepare = Histogram(registry, PREPARE, labels, TIME_BUCKETS)
+        self._forward = Histogram(registry, FORWARD, labels, TIME_BUCKETS)
+        self._respond = Histogram(registry, RESPOND, labels, TIME_BUCKETS)
+        self._recompilations = Sum(registry.counter(RECOMPILATIONS, labels))
         self._seen_padded = counters.padded_rows
         self._seen_recompilations = counters.recompilations
         self._pending_split_ns: int | None = None
