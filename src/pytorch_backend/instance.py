@@ -129,6 +129,11 @@ class Instance:
         """Around one execute (the adapter's): metrics flush between executes, never during."""
         return self.metrics.executing() if self.metrics is not None else nullcontext()
 
+    def requests_read(self, nanoseconds: int) -> None:
+        """The adapter reports how long reading the last execute's requests took."""
+        if self.metrics is not None:
+            self.metrics.steps.read += nanoseconds
+
     def responded(self, nanoseconds: int) -> None:
         """The adapter reports how long building the last execute's responses took."""
         if self.metrics is not None:
@@ -200,7 +205,8 @@ def _build(
     sequences = sequence_states(config, args.model_dir, executor.input_device, log)
     if sequences is not None and metrics is not None:
         metrics.watch_sequences(sequences.live)
-    stages, cancellation = request_stages(params, forwards.fastest, sticky, sequences)
+    steps = metrics.steps if metrics is not None else None
+    stages, cancellation = request_stages(params, forwards.fastest, sticky, sequences, steps)
     effective = EffectiveSettings(
         params,
         settings,

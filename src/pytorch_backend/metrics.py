@@ -33,6 +33,7 @@ import torch
 from .executors.base import ExecutorCounters
 from .hooks import ExecuteStats, Hook
 from .metric_series import Gauge, Histogram, MetricKind, MetricSpec, Registry, Sum
+from .step_times import STEPS, StepTimes
 
 #: The labels of every series (not ``instance``: Prometheus sets that to the scraped target and
 #: would rename ours to ``exported_instance``). ``pid`` keeps a reloaded instance's series apart
@@ -134,6 +135,14 @@ CUDA_RESERVED = MetricSpec(
     ("device",),
     "GPU instances",
 )
+STEP_SECONDS = MetricSpec(
+    "pytorch_backend_execute_step_seconds_total",
+    MetricKind.COUNTER,
+    "Time spent per step of the executions: read (Triton tensors to torch), cancel_check, "
+    "prepare (validate, gather), forward, split (check and split the outputs), respond (build "
+    "the responses), metrics (this backend's metrics work at the end of an execution)",
+    ("step",),
+)
 STICKY = MetricSpec(
     "pytorch_backend_cuda_sticky_error",
     MetricKind.GAUGE,
@@ -143,7 +152,7 @@ STICKY = MetricSpec(
 )
 
 METRICS: tuple[MetricSpec, ...] = (ANSWERED, FAILED, FORWARDS, ROWS, PADDED, PREPARE, FORWARD,
-                                   RESPOND, LOAD, WARMUP, RECOMPILATIONS, SEQUENCES,
+                                   RESPOND, STEP_SECONDS, LOAD, WARMUP, RECOMPILATIONS, SEQUENCES,
                                    CUDA_ALLOCATED, CUDA_RESERVED, STICKY)  # fmt: skip
 
 
@@ -201,6 +210,11 @@ class MetricsHook(Hook):
         self._forward = Histogram(registry, FORWARD, labels, TIME_BUCKETS)
         self._respond = Histogram(registry, RESPOND, labels, TIME_BUCKETS)
         self._recompilations = Sum(registry.counter(RECOMPILATIONS, labels))
+        #: Nanoseconds per execute step, added to by the adapter and the stages too.
+        self.steps = StepTimes()
+        self._step_sums = {
+            step: Sum(registry.counter(STEP_SECONDS, {**labels, "step": step})) for step in STEPS
+        }
         self._seen_padded = counters.padded_rows
         self._seen_recompilations = counters.recompilations
         self._pending_split_ns: int | None = None
@@ -214,6 +228,7 @@ class MetricsHook(Hook):
         ]
         self._sums = [self._answered, *self._failed.values(), self._forwards, self._recompilations]
         self._sums += [self._padded] if self._padded is not None else []
+        self._sums += self._step_sums.values()
         self._histograms = [h for h in (rows, self._prepare, self._forward, self._respond) if h]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -234,6 +249,7 @@ class MetricsHook(Hook):
         with self._lock:
             split, self._pending_split_ns = self._pending_split_ns, None
             self._respond.observe(((split or 0) + nanoseconds) / 1e9)
+            self.steps.respond += nanoseconds
 
     def watch_sequences(self, live: Callable[[], int]) -> None:
         """Report ``live()`` (sequences held) as a gauge at every flush."""
@@ -246,6 +262,7 @@ class MetricsHook(Hook):
     # -- the hook -----------------------------------------------------------------------------
 
     def after_execute(self, stats: ExecuteStats) -> None:
+        start = time.perf_counter_ns()
         if self._pending_split_ns is not None:  # the adapter did not report the last respond
             self.responded(0)
         with self._lock:
@@ -259,6 +276,11 @@ class MetricsHook(Hook):
                     self._rows.observe(stats.rows)
             self._prepare.observe(stats.prepare_ns / 1e9)
             self._pending_split_ns = stats.split_ns
+            steps = self.steps
+            steps.prepare += stats.prepare_ns
+            steps.forward += stats.forward_ns
+            steps.split += stats.split_ns
+            steps.metrics += time.perf_counter_ns() - start
 
     # -- flushing -----------------------------------------------------------------------------
 
@@ -268,7 +290,9 @@ class MetricsHook(Hook):
         with self._serving:
             yield
             if time.monotonic() - self._flushed_at >= self._interval:
+                start = time.perf_counter_ns()
                 self.flush()
+                self.steps.metrics += time.perf_counter_ns() - start
 
     def flush(self) -> None:
         """Send what changed since the last flush to the registry (one call per changed series)."""
@@ -281,6 +305,8 @@ class MetricsHook(Hook):
             if self._padded is not None:
                 self._padded.pending += padded
             self._recompilations.pending += recompiled
+            for step, nanoseconds in self.steps.take().items():
+                self._step_sums[step].pending += nanoseconds / 1e9
             for sums in self._sums:
                 sums.flush()
             for histogram in self._histograms:

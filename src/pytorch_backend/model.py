@@ -176,7 +176,10 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         with self._instance.executing():  # metrics reach the server between executes only
             try:
-                outcomes = self._instance.infer([self._request_inputs(r) for r in requests])
+                start = time.perf_counter_ns()
+                inputs = [self._request_inputs(r) for r in requests]
+                self._instance.requests_read(time.perf_counter_ns() - start)
+                outcomes = self._instance.infer(inputs)
                 start = time.perf_counter_ns()
                 responses = [self._response(outcome) for outcome in outcomes]
                 self._instance.responded(time.perf_counter_ns() - start)

@@ -20,6 +20,7 @@ from pytorch_backend.stages.cancellation import (
     WarmupForwards,
     cancellation_check,
 )
+from pytorch_backend.step_times import StepTimes
 from tests.unit import test_sequence
 from tests.unit.test_instance import build, settings_logged, ts_config, ts_repo
 
@@ -96,7 +97,7 @@ def test_a_stage_that_loses_a_request_is_a_bug_said_by_name():
         Stages([Loses()]).run([req(1.0), req(2.0)], doubling_engine([]))
 
 
-def test_the_cancellation_stage_asks_only_when_checking():
+def test_the_cancellation_stage_asks_only_when_checking_and_times_itself():
     asked: list[float] = []
 
     def asking(value: float, answer: bool):
@@ -105,10 +106,12 @@ def test_the_cancellation_stage_asks_only_when_checking():
     requests = [req(1.0, asking(1.0, False)), req(2.0, asking(2.0, True)), req(3.0)]
     assert CancellationStage(False).before(requests) is requests
     assert asked == []
-    answered = CancellationStage(True).before(requests)
+    steps = StepTimes()
+    answered = CancellationStage(True, steps).before(requests)
     assert asked == [1.0, 2.0]  # a request that cannot be asked (None) is not cancelled
     assert answered[0] is requests[0] and answered[2] is requests[2]
     assert isinstance(answered[1], RequestCancelled)
+    assert steps.cancel_check > 0 and steps.take()["read"] == 0
 
 
 FAST = WarmupForward(1, 0.04e-3)  # an MLP's forward: cheaper than one check
