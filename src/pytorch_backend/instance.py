@@ -3,9 +3,9 @@
 :func:`build_instance` reads as the list of load phases, in order: parse the config and its
 parameters, pick the device, apply the torch settings, resolve the model kind and its artifact,
 load the executor through the registry (its output shapes at load go to the instance's
-output-shape check), share weights, assemble the hooks (metrics among them) and the engine, log
-what was done. Nothing here touches Triton, so every phase is unit-tested
-with plain torch.
+output-shape check), share weights, assemble the hooks (metrics among them) and the engine, warm
+up, assemble the request stages (:mod:`.stages`), log what was done. Nothing here touches
+Triton, so every phase is unit-tested with plain torch.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .config import (
 )
 from .config.parameters import BY_KEY
 from .engine import InferenceEngine
-from .errors import PyTorchBackendError, Unavailable
+from .errors import PyTorchBackendError
 from .executors.base import Executor, LoadContext
 from .executors.registry import REGISTRY, resolve_model
 from .hooks import Hook, Hooks
@@ -46,7 +46,6 @@ from .runtime.execution import (
     StickyErrorWatch,
     StreamHook,
     stop_server,
-    unavailable_message,
 )
 from .runtime.output_shapes import OutputShapes
 from .runtime.report import EffectiveSettings, effective_lines
@@ -54,7 +53,11 @@ from .runtime.settings import RuntimeSettings, apply_runtime_settings
 from .runtime.staging import PinnedStaging
 from .runtime.trust import check_model_files
 from .runtime.warmup import warm_up, warmup_buckets
-from .sequence_state import SequenceStates, load_initial_states
+from .sequence_state import SequenceStates
+from .stages import Stages, request_stages
+from .stages.cancellation import WarmupForwards
+from .stages.sequence import sequence_states
+from .stages.sticky import StickyStage
 
 
 @dataclass(frozen=True)
@@ -96,27 +99,40 @@ class Instance:
     executor: Executor
     engine: InferenceEngine
     log: InstanceLog
+    stages: Stages  # per request, before the engine: cancellation, sticky error, sequence state
     shared_weights: Any | None = None  # runtime.weight_sharing.SharedWeightsInfo
     metrics: MetricsHook | None = None  # None: ENABLE_METRICS false or no metrics API
-    sticky: StickyErrorWatch | None = None
     sequences: SequenceStates | None = None  # models with sequence_batching state
+
+    def __post_init__(self) -> None:
+        self._sticky = next(s for s in self.stages.stages if isinstance(s, StickyStage))
+
+    @property
+    def sticky(self) -> StickyErrorWatch:
+        """The forward hook that detects sticky CUDA errors (its stage refuses requests)."""
+        return self._sticky.watch
+
+    @sticky.setter
+    def sticky(self, watch: StickyErrorWatch) -> None:
+        self._sticky.watch = watch
 
     @property
     def ready(self) -> bool:
         """False once a sticky CUDA error made the instance unusable (``is_ready``)."""
-        return self.sticky is None or self.sticky.error is None
+        return self.sticky.error is None
 
     def infer(self, requests: Sequence[RequestInputs | PyTorchBackendError]) -> list[Outcome]:
-        if self.sticky is not None and self.sticky.error is not None:
-            error = Unavailable(unavailable_message(self.sticky.error))
-            requests = [r if isinstance(r, PyTorchBackendError) else error for r in requests]
-        if self.sequences is not None:
-            return self.sequences.infer(requests, self.engine.infer)
-        return self.engine.infer(requests)
+        """One outcome per request, in order: through the stages, the engine, and back."""
+        return self.stages.run(requests, self.engine.infer)
 
     def executing(self) -> AbstractContextManager[None]:
         """Around one execute (the adapter's): metrics flush between executes, never during."""
         return self.metrics.executing() if self.metrics is not None else nullcontext()
+
+    def requests_read(self, nanoseconds: int) -> None:
+        """The adapter reports how long reading the last execute's requests took."""
+        if self.metrics is not None:
+            self.metrics.steps.read += nanoseconds
 
     def responded(self, nanoseconds: int) -> None:
         """The adapter reports how long building the last execute's responses took."""
@@ -182,9 +198,15 @@ def _build(
     executor, graphs = _cuda_graphs(params, kind, device, executor, buckets, log)
     staging = _staging(executor)
     engine = InferenceEngine(config, executor, hooks, log, staging, output_shapes)
-    _warm_up(config, kind, executor, hooks, buckets, log, staging, output_shapes)
+    forwards = WarmupForwards()  # what the warm-up measured, for ENABLE_CANCELLATION_CHECK
+    warmup_hooks = Hooks([*hooks.hooks, forwards])
+    _warm_up(config, kind, executor, warmup_hooks, buckets, log, staging, output_shapes)
     cuda_graphs = graphs.seal() if isinstance(graphs, GraphExecutor) else graphs
-    sequences = _sequences(config, args, executor, log, metrics)
+    sequences = sequence_states(config, args.model_dir, executor.input_device, log)
+    if sequences is not None and metrics is not None:
+        metrics.watch_sequences(sequences.live)
+    steps = metrics.steps if metrics is not None else None
+    stages, cancellation = request_stages(params, forwards.fastest, sticky, sequences, steps)
     effective = EffectiveSettings(
         params,
         settings,
@@ -195,6 +217,7 @@ def _build(
         metrics=metrics_state,
         warmup=buckets,
         cuda_graphs=cuda_graphs,
+        cancellation_check=cancellation,
     )
     for line in effective_lines(effective):
         log.info(line)
@@ -203,34 +226,8 @@ def _build(
     for line in executor.describe_bindings():
         log.info(line)
     return Instance(
-        config, params, kind, device, executor, engine, log, shared, metrics, sticky, sequences
+        config, params, kind, device, executor, engine, log, stages, shared, metrics, sequences
     )
-
-
-def _sequences(
-    config: ModelConfig,
-    args: InstanceArgs,
-    executor: Executor,
-    log: InstanceLog,
-    metrics: MetricsHook | None,
-) -> SequenceStates | None:
-    """The per-sequence state store of a model with ``sequence_batching`` state (else None)."""
-    sequence = config.sequence
-    if sequence is None:
-        return None
-    log.info(
-        f"sequence_batching: {sequence.strategy}, controls "
-        f"{[f'{c.kind}={c.name}' for c in sequence.controls]}, states "
-        f"{[f'{s.input_name}->{s.output_name}' for s in sequence.states]}, idle "
-        f"{sequence.max_idle_us} us"
-    )
-    if not sequence.states:
-        return None
-    initial = load_initial_states(config, args.model_dir)
-    states = SequenceStates(config, initial, executor.input_device, log)
-    if metrics is not None:
-        metrics.watch_sequences(states.live)
-    return states
 
 
 def _cuda_graphs(
@@ -381,11 +378,11 @@ def _hooks(
     settings: RuntimeSettings,
     device: torch.device | None,
     executor: Executor,
-    sticky: StickyErrorWatch | None = None,
+    sticky: StickyErrorWatch,
     metrics: MetricsHook | None = None,
 ) -> Hooks:
     # The sticky-error watch is outermost: errors surface at the stream's synchronisation too.
-    hooks: list[Hook] = [sticky] if sticky is not None else []  # every instance has one
+    hooks: list[Hook] = [sticky]
     # KIND_MODEL: one stream per GPU the model's tensors live on (none on CPU).
     stream = InstanceStream(device if device is not None else executor.capabilities.devices)
     if stream.enabled:
@@ -394,7 +391,7 @@ def _hooks(
     if settings.cache_cleaning:
         hooks.append(CacheCleaningHook())
     if metrics is not None:  # last: it reads CUDA memory after the cache was cleaned
-        if sticky is not None and sticky.devices:  # the series exists for GPU instances
+        if sticky.devices:  # the series exists for GPU instances
             metrics.watch_sticky_error(lambda: sticky.error is not None)
         hooks.append(metrics)
     return Hooks(hooks)

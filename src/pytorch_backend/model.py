@@ -131,12 +131,6 @@ def _watch_for_orphaning() -> None:
     orphan.watch(orphan.stub_shm_region(argv))
 
 
-def _cancelled(request) -> bool:
-    """``request.is_cancelled()`` (Python backend 23.10+; False where it does not exist)."""
-    is_cancelled = getattr(request, "is_cancelled", None)
-    return is_cancelled is not None and bool(is_cancelled())
-
-
 class TritonPythonModel:
     """One model instance: load at ``initialize``, serve batches at ``execute``."""
 
@@ -170,11 +164,8 @@ class TritonPythonModel:
             failure = error
         else:
             self._strings = {s.name for s in self._instance.config.inputs if s.is_string}
-            self._check_cancelled = self._instance.params.enable_cancellation_check
             self._sequences = self._instance.sequences is not None
-            sequence = self._instance.config.sequence
-            # Triton's state inputs hold uninitialised memory: the sequence store replaces them.
-            self._skipped = sequence.state_inputs if self._sequences and sequence else frozenset()
+            self._skipped = self._instance.stages.provides  # inputs a stage supplies itself
             if self._instance.metrics is not None:
                 self._instance.metrics.start()  # flushes between executes (see metrics.py)
             return
@@ -185,7 +176,10 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         with self._instance.executing():  # metrics reach the server between executes only
             try:
-                outcomes = self._instance.infer([self._request_inputs(r) for r in requests])
+                start = time.perf_counter_ns()
+                inputs = [self._request_inputs(r) for r in requests]
+                self._instance.requests_read(time.perf_counter_ns() - start)
+                outcomes = self._instance.infer(inputs)
                 start = time.perf_counter_ns()
                 responses = [self._response(outcome) for outcome in outcomes]
                 self._instance.responded(time.perf_counter_ns() - start)
@@ -214,8 +208,6 @@ class TritonPythonModel:
             self._metrics.close()
 
     def _request_inputs(self, request) -> RequestInputs | PyTorchBackendError:
-        if self._check_cancelled and _cancelled(request):
-            return RequestCancelled("the client cancelled the request before it ran")
         inputs = {}
         try:
             for tensor in request.inputs():
@@ -232,7 +224,10 @@ class TritonPythonModel:
         except Exception as exc:
             return RequestError(f"cannot read the request's inputs: {exc}")
         sequence = self._sequence_id(request) if self._sequences else None
-        return RequestInputs(inputs, frozenset(requested) if requested else None, sequence=sequence)
+        # Python backend 23.10+ can ask whether the client cancelled (the cancellation stage does)
+        cancelled = getattr(request, "is_cancelled", None)
+        requested_outputs = frozenset(requested) if requested else None
+        return RequestInputs(inputs, requested_outputs, sequence, cancelled)
 
     @staticmethod
     def _sequence_id(request) -> SequenceId:

@@ -75,7 +75,7 @@ class BackendParameters:
     warmup_batch_sizes: tuple[int, ...] | None = None
     cuda_graphs: bool = False
     stop_server_on_sticky_error: bool = False
-    enable_cancellation_check: bool = True
+    enable_cancellation_check: bool | None = None  # None: decided at load from the warm-up
     refuse_writable_model_directory: bool = False
     output_shape_check: OutputShapeCheck = OutputShapeCheck.WARN
 
@@ -336,8 +336,10 @@ PARAMETERS: tuple[Parameter, ...] = (
         "ENABLE_CANCELLATION_CHECK",
         "ask Triton, per request, whether the client cancelled it before the batch is gathered "
         "(one round trip to the server each, 25–90 µs here); cancelled ones are answered "
-        "CANCELLED and not computed. `false`: skip the check",
-        "`true`",
+        "CANCELLED and not computed. Unset: checked unless the warm-up measured a forward under "
+        "10 × a check's ~50 µs (the check would cost more than it saves; see Cancellation); "
+        "`true`/`false`: always/never",
+        "unset: auto",
         "enable_cancellation_check",
         parse_bool,
     ),

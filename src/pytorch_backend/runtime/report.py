@@ -30,6 +30,7 @@ class EffectiveSettings:
     metrics: str = "false"  # the decision, as logged ("true", "false", "true, no effect: ...")
     warmup: Sequence[int | None] = ()  # the batch sizes warmed up at load (empty: none)
     cuda_graphs: str = "false"  # the decision, as logged ("true (...)", "true, no effect: ...")
+    cancellation_check: str | None = None  # the decision, as logged ("auto -> false (...)")
 
 
 def on_off(value: bool | None) -> str:
@@ -127,6 +128,11 @@ def _warmup_sizes(e: EffectiveSettings) -> str:
     return f"[{sizes}]" + ("" if given else " (not given: powers of two, max, preferred)")
 
 
+def _cancellation_check(e: EffectiveSettings) -> str:
+    given = e.params.enable_cancellation_check
+    return e.cancellation_check or ("auto" if given is None else on_off(given))
+
+
 _OUTPUT_SHAPES = {
     OutputShapeCheck.WARN: "served with the model's shape, warned once per output",
     OutputShapeCheck.ERROR: "refused",
@@ -202,7 +208,7 @@ DESCRIBERS: Mapping[str, Describer] = {
     "CUDA_GRAPHS": _for_kind("CUDA_GRAPHS", lambda e: e.cuda_graphs),
     "COMPILE_CACHE": _for_kind("COMPILE_CACHE", lambda e: e.params.compile_cache or "default"),
     "STOP_SERVER_ON_STICKY_ERROR": lambda e: on_off(e.params.stop_server_on_sticky_error),
-    "ENABLE_CANCELLATION_CHECK": lambda e: on_off(e.params.enable_cancellation_check),
+    "ENABLE_CANCELLATION_CHECK": _cancellation_check,
     "REFUSE_WRITABLE_MODEL_DIRECTORY": lambda e: on_off(e.params.refuse_writable_model_directory),
     "OUTPUT_SHAPE_CHECK": _output_shapes,
 }
