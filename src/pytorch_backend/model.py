@@ -28,11 +28,32 @@ def _use_utf8_locale() -> None:
             continue
 
 
+def _watch_for_orphaning(only_in_a_stub: bool = False) -> None:
+    """End this stub promptly if its tritonserver dies (``runtime.orphan``; idempotent).
+
+    ``only_in_a_stub``: do nothing unless this process is a Python-backend stub (at import).
+    """
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            argv = [part.decode(errors="replace") for part in f.read().split(b"\0")]
+    except OSError:
+        argv = []
+    region = orphan.stub_shm_region(argv)
+    if region is not None or not only_in_a_stub:
+        orphan.watch(region)
+
+
 _use_utf8_locale()
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 try:
+    from pytorch_backend.runtime import orphan
+
+    # From import on, before torch: on a busy machine a stub can spend minutes importing it,
+    # and a stub whose server dies meanwhile must not linger either.
+    _watch_for_orphaning(only_in_a_stub=True)
+
     import torch
 
     from pytorch_backend import logs
@@ -46,7 +67,6 @@ try:
     )
     from pytorch_backend.instance import Instance, InstanceArgs, build_instance
     from pytorch_backend.requests import RequestInputs, SequenceId
-    from pytorch_backend.runtime import orphan
     from pytorch_backend.strings import decode_strings, encode_strings
 except ImportError as exc:  # pragma: no cover - only reachable inside a misconfigured stub
     raise ImportError(
@@ -119,16 +139,6 @@ class _TritonMetrics:
 
     def close(self) -> None:
         self._families.clear()  # after the instance dropped its series, as the API requires
-
-
-def _watch_for_orphaning() -> None:
-    """End this stub promptly if its tritonserver dies (``runtime.orphan``)."""
-    try:
-        with open("/proc/self/cmdline", "rb") as f:
-            argv = [part.decode(errors="replace") for part in f.read().split(b"\0")]
-    except OSError:
-        argv = []
-    orphan.watch(orphan.stub_shm_region(argv))
 
 
 class TritonPythonModel:
