@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pytorch_backend.config import GradPolicy, ModelConfig, parse_model_config
+from pytorch_backend.config.decision import Decision
 from pytorch_backend.config.parameter_parsing import parse_parameters
 from pytorch_backend.config.parameters import BackendParameters
 from pytorch_backend.errors import ModelLoadError
@@ -74,7 +75,7 @@ PREFIX = "pytorch_backend: model 'm' instance 'm_0': "
 
 def lines_of(params: BackendParameters, settings: Any, config: ModelConfig, device) -> list[str]:
     """The effective-value lines as an instance logs them (weight sharing decided elsewhere)."""
-    sharing = "true" if params.enable_weight_sharing else "false"
+    sharing = Decision.on(None) if params.enable_weight_sharing else Decision.off()
     effective = EffectiveSettings(params, settings, device, config.cpu_instance_count, sharing)
     return [PREFIX + line for line in effective_lines(effective)]
 
@@ -91,6 +92,7 @@ CHILD = r"""
 import dataclasses, json, sys, threading
 import torch
 from pytorch_backend.config import parse_model_config
+from pytorch_backend.config.decision import Decision
 from pytorch_backend.config.parameter_parsing import parse_parameters
 from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
 from pytorch_backend.runtime.settings import apply_runtime_settings, available_cpus
@@ -101,7 +103,9 @@ if spec.get("interop_already_set"):
 config = parse_model_config(spec["config"])
 params = parse_parameters(config.name, config.parameters, print)
 settings = apply_runtime_settings(params, config, torch.device("cpu"))
-effective = EffectiveSettings(params, settings, torch.device("cpu"), config.cpu_instance_count, "")
+effective = EffectiveSettings(
+    params, settings, torch.device("cpu"), config.cpu_instance_count, Decision.off()
+)
 prefix = "pytorch_backend: model 'm' instance 'm_0': "
 logs = [prefix + line for line in effective_lines(effective)]
 seen = []

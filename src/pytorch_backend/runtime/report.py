@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..config import BackendParameters, ModelKind, OutputShapeCheck
+from ..config.decision import Decision
 from ..config.parameters import BY_KEY, PARAMETERS
 from .settings import SERVER_CPUS, RuntimeSettings, available_cpus
+
+_OFF: Decision[Any] = Decision.off()
 
 
 @dataclass(frozen=True)
@@ -25,11 +29,11 @@ class EffectiveSettings:
     settings: RuntimeSettings
     device: torch.device | None  # None: KIND_MODEL
     cpu_instances: int
-    weight_sharing: str  # the decision, as logged ("true", "false", "true, no effect: ...")
+    weight_sharing: Decision[Any]  # ENABLE_WEIGHT_SHARING: the shared weights, or why none
     kind: ModelKind | None = None  # the model kind served, when known
-    metrics: str = "false"  # the decision, as logged ("true", "false", "true, no effect: ...")
+    metrics: Decision[Any] = _OFF  # ENABLE_METRICS: the metrics hook, or why none
     warmup: Sequence[int | None] = ()  # the batch sizes warmed up at load (empty: none)
-    cuda_graphs: str = "false"  # the decision, as logged ("true (...)", "true, no effect: ...")
+    cuda_graphs: Decision[Any] = _OFF  # CUDA_GRAPHS: the graph executor, or why none
     cancellation_check: str | None = None  # the decision, as logged ("auto -> false (...)")
 
 
@@ -191,7 +195,7 @@ DESCRIBERS: Mapping[str, Describer] = {
     "ENABLE_CACHE_CLEANING": _cache_cleaning,
     "INTRA_OP_THREAD_COUNT": _intra,
     "INTER_OP_THREAD_COUNT": _inter,
-    "ENABLE_WEIGHT_SHARING": lambda e: e.weight_sharing,
+    "ENABLE_WEIGHT_SHARING": lambda e: e.weight_sharing.reason,
     "CUSTOM_OP_LIBRARIES": _libraries,
     "MODEL_FILENAME": _for_kind("MODEL_FILENAME", lambda e: e.params.model_filename or "not given"),
     "MODULE_FILENAME": _for_kind(
@@ -202,10 +206,10 @@ DESCRIBERS: Mapping[str, Describer] = {
         "TORCH_COMPILE_OPTIONAL_PARAMETERS", lambda e: e.params.torch_compile.describe()
     ),
     "METHOD": _for_kind("METHOD", lambda e: e.params.method),
-    "ENABLE_METRICS": lambda e: e.metrics,
+    "ENABLE_METRICS": lambda e: e.metrics.reason,
     "WARMUP": _warmup,
     "WARMUP_BATCH_SIZES": _warmup_sizes,
-    "CUDA_GRAPHS": _for_kind("CUDA_GRAPHS", lambda e: e.cuda_graphs),
+    "CUDA_GRAPHS": _for_kind("CUDA_GRAPHS", lambda e: e.cuda_graphs.reason),
     "COMPILE_CACHE": _for_kind("COMPILE_CACHE", lambda e: e.params.compile_cache or "default"),
     "STOP_SERVER_ON_STICKY_ERROR": lambda e: on_off(e.params.stop_server_on_sticky_error),
     "ENABLE_CANCELLATION_CHECK": _cancellation_check,
