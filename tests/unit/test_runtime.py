@@ -16,7 +16,7 @@ import torch
 from pytorch_backend.config import GradPolicy, ModelConfig, parse_model_config
 from pytorch_backend.config.decision import Decision
 from pytorch_backend.config.parameter_parsing import parse_parameters
-from pytorch_backend.config.parameters import BackendParameters
+from pytorch_backend.config.parameters import PARAMETERS, BackendParameters
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.runtime.execution import execution_context
 from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
@@ -211,35 +211,7 @@ def test_zero_threads_keep_torch_default() -> None:
 
 # --- settings and their log lines -------------------------------------------------------------
 
-EVERY_KEY = [
-    "INFERENCE_MODE",
-    "ENABLE_GRAD",
-    "DISABLE_OPTIMIZED_EXECUTION",
-    "ENABLE_JIT_EXECUTOR",
-    "ENABLE_JIT_PROFILING",
-    "ENABLE_TENSOR_FUSER",
-    "ENABLE_NVFUSER",
-    "DISABLE_CUDNN",
-    "ENABLE_CACHE_CLEANING",
-    "INTRA_OP_THREAD_COUNT",
-    "INTER_OP_THREAD_COUNT",
-    "ENABLE_WEIGHT_SHARING",
-    "CUSTOM_OP_LIBRARIES",
-    "MODEL_FILENAME",
-    "MODULE_FILENAME",
-    "MODULE_CLASS",
-    "METHOD",
-    "COMPILE_CACHE",
-    "TORCH_COMPILE_OPTIONAL_PARAMETERS",
-    "ENABLE_METRICS",
-    "WARMUP",
-    "WARMUP_BATCH_SIZES",
-    "CUDA_GRAPHS",
-    "STOP_SERVER_ON_STICKY_ERROR",
-    "ENABLE_CANCELLATION_CHECK",
-    "REFUSE_WRITABLE_MODEL_DIRECTORY",
-    "OUTPUT_SHAPE_CHECK",
-]
+EVERY_KEY = [p.key for p in PARAMETERS if p.logged]
 
 
 @pytest.mark.usefixtures("restore_torch_globals")
