@@ -42,11 +42,11 @@ def test_every_field_is_one_entry_whose_parser_returns_the_field_type() -> None:
 
 
 def test_an_entry_disagreeing_with_the_dataclass_fails_at_import() -> None:
-    with pytest.raises(ValueError, match="'NEW_KEY': a field and a parser"):
+    with pytest.raises(ValueError, match="'NEW_KEY' read by backend needs a field and a parser"):
         Parameter("NEW_KEY", "effect")
     with pytest.raises(ValueError, match="'NEW_KEY': BackendParameters has no 'new_field'"):
         Parameter("NEW_KEY", "effect", field="new_field", parse=parse_bool)
-    with pytest.raises(ValueError, match="'NEW_KEY': a field and a parser"):
+    with pytest.raises(ValueError, match="'NEW_KEY' read by python_backend takes no field"):
         Parameter("NEW_KEY", "effect", field="warmup", parse=parse_bool, reader=PYTHON_BACKEND)
 
 

@@ -127,8 +127,10 @@ class Parameter:
     explains_kind: bool = False
 
     def __post_init__(self) -> None:
-        if (self.reader == BACKEND) != (self.field is not None and self.parse is not None):
-            raise ValueError(f"parameter '{self.key}': a field and a parser iff read here")
+        read_here = self.reader == BACKEND
+        if read_here != (self.field is not None and self.parse is not None):
+            need = "needs a field and a parser" if read_here else "takes no field or parser"
+            raise ValueError(f"parameter '{self.key}' read by {self.reader} {need}")
         if self.field is not None and self.field not in _FIELDS:
             raise ValueError(f"parameter '{self.key}': BackendParameters has no '{self.field}'")
 
