@@ -110,8 +110,10 @@ def warmup_sizes(e: EffectiveSettings) -> str:
 
 
 def cancellation_check(e: EffectiveSettings) -> str:
+    if e.cancellation_check is not None:
+        return e.cancellation_check.reason
     given = e.params.enable_cancellation_check
-    return e.cancellation_check or ("auto" if given is None else on_off(given))
+    return "auto" if given is None else on_off(given)
 
 
 _OUTPUT_SHAPES = {

@@ -35,7 +35,7 @@ class EffectiveSettings:
     metrics: Decision[Any] = _OFF  # ENABLE_METRICS: the metrics hook, or why none
     warmup: Sequence[int | None] = ()  # the batch sizes warmed up at load (empty: none)
     cuda_graphs: Decision[Any] = _OFF  # CUDA_GRAPHS: the graph executor, or why none
-    cancellation_check: str | None = None  # the decision, as logged ("auto -> false (...)")
+    cancellation_check: Decision[bool] | None = None  # ENABLE_CANCELLATION_CHECK, once decided
 
 
 def effective_lines(effective: EffectiveSettings) -> list[str]:
