@@ -29,6 +29,7 @@ from .config import (
     parse_model_config,
     parse_parameters,
 )
+from .config.decision import Decision
 from .config.parameters import BY_KEY
 from .engine import InferenceEngine
 from .errors import PyTorchBackendError
@@ -189,23 +190,23 @@ def _build(
     executor = REGISTRY[kind].load(LoadContext(config, path, device, log, params))
     output_shapes = OutputShapes(config, log, params.output_shape_check)
     output_shapes.at_load(executor.capabilities.load_run)
-    shared, sharing = _share_weights(
-        params, args, kind, path, device, executor, log, config.cpu_instance_count
-    )
+    sharing = _share_weights(config, params, args, kind, path, device, executor, log)
     sticky = StickyErrorWatch(_on_sticky_error(params, log), _cuda_devices(device, executor))
-    metrics, metrics_state = _metrics(registry, config, params, args, log, device, executor)
-    hooks = _hooks(params, settings, device, executor, sticky, metrics)
-    executor, graphs = _cuda_graphs(params, kind, device, executor, buckets, log)
+    metrics = _metrics(registry, config, params, args, log, device, executor)
+    hook = metrics.value
+    hooks = _hooks(params, settings, device, executor, sticky, hook)
+    graphs = _cuda_graphs(params, kind, device, executor, buckets, log)
+    executor = graphs.value or executor
     staging = _staging(executor)
     engine = InferenceEngine(config, executor, hooks, log, staging, output_shapes)
     forwards = WarmupForwards()  # what the warm-up measured, for ENABLE_CANCELLATION_CHECK
     warmup_hooks = Hooks([*hooks.hooks, forwards])
     _warm_up(config, kind, executor, warmup_hooks, buckets, log, staging, output_shapes)
-    cuda_graphs = graphs.seal() if isinstance(graphs, GraphExecutor) else graphs
+    graphs = Decision(graphs.value, graphs.value.seal()) if graphs.value else graphs
     sequences = sequence_states(config, args.model_dir, executor.input_device, log)
-    if sequences is not None and metrics is not None:
-        metrics.watch_sequences(sequences.live)
-    steps = metrics.steps if metrics is not None else None
+    if sequences is not None and hook is not None:
+        hook.watch_sequences(sequences.live)
+    steps = hook.steps if hook is not None else None
     stages, cancellation = request_stages(params, forwards.fastest, sticky, sequences, steps)
     effective = EffectiveSettings(
         params,
@@ -214,9 +215,9 @@ def _build(
         config.cpu_instance_count,
         sharing,
         kind,
-        metrics=metrics_state,
+        metrics=metrics,
         warmup=buckets,
-        cuda_graphs=cuda_graphs,
+        cuda_graphs=graphs,
         cancellation_check=cancellation,
     )
     for line in effective_lines(effective):
@@ -226,7 +227,7 @@ def _build(
     for line in executor.describe_bindings():
         log.info(line)
     return Instance(
-        config, params, kind, device, executor, engine, log, stages, shared, metrics, sequences
+        config, params, kind, device, executor, engine, log, stages, sharing.value, hook, sequences
     )
 
 
@@ -237,15 +238,15 @@ def _cuda_graphs(
     executor: Executor,
     buckets: list[int | None],
     log: InstanceLog,
-) -> tuple[Executor, GraphExecutor | str]:
+) -> Decision[GraphExecutor | None]:
     """``CUDA_GRAPHS``: the executor wrapped to capture during the warm-up, or why not."""
     if not params.cuda_graphs or kind not in BY_KEY["CUDA_GRAPHS"].applies_to:
-        return executor, "false"
+        return Decision.off()
     reason = cuda_graphs_unsupported(device, executor.input_device, params.warmup)
     if reason is not None or device is None:
-        return executor, f"true, no effect: {reason}"
+        return Decision.no_effect(str(reason))
     graphs = GraphExecutor(executor, buckets, CudaGraphBackend(device), log.warn)
-    return graphs, graphs
+    return Decision.on(graphs, "capturing during the warm-up")
 
 
 def _staging(executor: Executor) -> PinnedStaging | None:
@@ -292,6 +293,7 @@ def _parameters(config: ModelConfig, args: InstanceArgs, log: InstanceLog) -> Ba
 
 
 def _share_weights(
+    config: ModelConfig,
     params: BackendParameters,
     args: InstanceArgs,
     kind: ModelKind,
@@ -299,15 +301,14 @@ def _share_weights(
     device: torch.device | None,
     executor: Executor,
     log: InstanceLog,
-    cpu_instances: int,
-) -> tuple[Any | None, str]:
-    """``ENABLE_WEIGHT_SHARING``, decided here only: the shared weights and the logged value.
+) -> Decision[Any | None]:
+    """``ENABLE_WEIGHT_SHARING``, decided here only: the shared weights, or why none.
 
-    The instance that brings the count of mappers to ``cpu_instances`` unlinks the file, so it
-    cannot outlive the server however the instances stop.
+    The instance that brings the count of mappers to the model's CPU instance count unlinks the
+    file, so it cannot outlive the server however the instances stop.
     """
     if not params.enable_weight_sharing:
-        return None, "false"
+        return Decision.off()
     module = executor.capabilities.shareable_module
     if device is None:
         reason = "KIND_MODEL instances keep the devices the model chose"
@@ -323,10 +324,10 @@ def _share_weights(
 
         key = weights_key(log.model, args.version, path)
         shared = share_module_weights(
-            module, key, log=log.info, warn=log.warn, instances=cpu_instances or None
+            module, key, log=log.info, warn=log.warn, instances=config.cpu_instance_count or None
         )
-        return shared, "true"
-    return None, f"true, no effect: {reason}"
+        return Decision.on(shared)
+    return Decision.no_effect(reason)
 
 
 def _on_sticky_error(params: BackendParameters, log: InstanceLog) -> Callable[[str], None]:
@@ -356,12 +357,12 @@ def _metrics(
     log: InstanceLog,
     device: torch.device | None,
     executor: Executor,
-) -> tuple[MetricsHook | None, str]:
-    """``ENABLE_METRICS``, decided here only: the metrics hook and the logged value."""
+) -> Decision[MetricsHook | None]:
+    """``ENABLE_METRICS``, decided here only: the metrics hook, or why none."""
     if not params.enable_metrics:
-        return None, "false"
+        return Decision.off()
     if registry is None:
-        return None, "true, no effect: this server has no custom metrics API (MetricFamily)"
+        return Decision.no_effect("this server has no custom metrics API (MetricFamily)")
     labels = series_labels(log.model, args.version, log.instance or "")
     hook = MetricsHook(
         registry,
@@ -370,7 +371,7 @@ def _metrics(
         counters=executor.capabilities.counters,
         cuda_devices=_cuda_devices(device, executor),
     )
-    return hook, "true"
+    return Decision.on(hook)
 
 
 def _hooks(

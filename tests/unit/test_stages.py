@@ -135,7 +135,8 @@ SLOW = WarmupForward(8, 4e-3)
     ],
 )  # fmt: skip
 def test_the_cancellation_check_decision(given, warmup, measured, check, logged):
-    decided, text = cancellation_check(given, warmup, measured)
+    decision = cancellation_check(given, warmup, measured)
+    decided, text = decision.value, decision.reason
     assert decided is check
     assert text == logged or (logged.startswith("auto") and text.startswith(logged))
 

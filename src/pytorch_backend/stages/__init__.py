@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config import BackendParameters
+from ..config.decision import Decision
 from ..runtime.execution import StickyErrorWatch
 from ..sequence_state import SequenceStates
 from ..step_times import StepTimes
@@ -20,12 +21,12 @@ def request_stages(
     sticky: StickyErrorWatch,
     sequences: SequenceStates | None,
     steps: StepTimes | None,
-) -> tuple[Stages, str]:
+) -> tuple[Stages, Decision[bool]]:
     """An instance's stages in order (cancellation, sticky error, sequence state) and its
-    ``ENABLE_CANCELLATION_CHECK`` as logged (decided from ``warmup_forward`` when unset)."""
+    ``ENABLE_CANCELLATION_CHECK`` decision (from ``warmup_forward`` when unset)."""
     given = params.enable_cancellation_check
-    check, logged = cancellation_check(given, params.warmup, warmup_forward)
-    stages: list[RequestStage] = [CancellationStage(check, steps), StickyStage(sticky)]
+    check = cancellation_check(given, params.warmup, warmup_forward)
+    stages: list[RequestStage] = [CancellationStage(check.value, steps), StickyStage(sticky)]
     if sequences is not None:
         stages.append(SequenceStage(sequences))
-    return Stages(stages), logged
+    return Stages(stages), check

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from time import perf_counter_ns
 
+from ..config.decision import Decision
 from ..errors import RequestCancelled
 from ..hooks import ExecuteStats, Hook
 from ..requests import RequestInputs
@@ -77,26 +78,29 @@ class WarmupForwards(Hook):
 
 def cancellation_check(
     given: bool | None, warmup: bool, fastest: WarmupForward | None
-) -> tuple[bool, str]:
+) -> Decision[bool]:
     """``ENABLE_CANCELLATION_CHECK``: whether to check, and the effective value as logged.
 
     ``given``: the parameter (None: unset, decided here). Without a measured forward the
     instance checks (the safe default).
     """
     if given is not None:
-        return given, "true" if given else "false"
+        return Decision(given, "true" if given else "false")
     if not warmup:
-        return True, "auto -> true (WARMUP is false: no forward time was measured)"
+        return Decision(True, "auto -> true (WARMUP is false: no forward time was measured)")
     if fastest is None:
-        return True, "auto -> true (the warm-up ran no successful forward to measure)"
+        return Decision(True, "auto -> true (the warm-up ran no successful forward to measure)")
     check_ms = CHECK_SECONDS * 1e3
     rows = "" if fastest.rows == 0 else f" of {fastest.rows} row{'s' if fastest.rows > 1 else ''}"
     took = f"a forward{rows} took {fastest.seconds * 1e3:.3f} ms at warm-up"
     if fastest.seconds >= WORTH_CHECKS * CHECK_SECONDS:
-        return True, (
-            f"auto -> true ({took}, at least {WORTH_CHECKS} x the ~{check_ms:.2f} ms a check costs)"
+        return Decision(
+            True,
+            f"auto -> true ({took}, at least {WORTH_CHECKS} x the ~{check_ms:.2f} ms a check "
+            "costs)",
         )
-    return False, (
+    return Decision(
+        False,
         f"auto -> false ({took}, under {WORTH_CHECKS} x the ~{check_ms:.2f} ms a check costs; "
-        "set true to answer cancelled requests CANCELLED)"
+        "set true to answer cancelled requests CANCELLED)",
     )
