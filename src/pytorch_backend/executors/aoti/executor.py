@@ -10,7 +10,7 @@ Loading:
    ``torch._inductor`` and probes the host compiler, seconds per instance), with
    ``AOTI_RUNTIME_CHECK_INPUTS`` set so the generated input checks stay on for this model (a
    wrong shape then fails cleanly instead of reading out of bounds).
-3. The call spec is named (:mod:`.callspec`) and bound to the config names.
+3. The call spec is named (:mod:`..binding.callspec`) and bound to the config names.
 4. The input checks the package states (its generated source, :mod:`.checks`) give its batch
    range, dtypes and fixed dims (:mod:`.probe`; probing the runtime where the source is absent);
    the output shapes of its run on zeros are declared (``capabilities.load_run``) for the
@@ -44,7 +44,7 @@ from ...errors import ExecutionError, RequestError
 from ...logs import InstanceLog
 from .. import artifacts
 from ..base import Capabilities, LoadContext, LoadRunOutputs
-from .callspec import (
+from ..binding.callspec import (
     CallSpec,
     CallSpecError,
     describe_bindings,

@@ -19,7 +19,7 @@ from ...config import ModelConfig
 from ...requests import Value
 from ...runtime.devices import kind_model_placement, module_devices
 from ..base import Capabilities, LoadContext
-from ..torchscript.naming import (
+from ..binding.forward import (
     Binding,
     bind_inputs,
     bind_outputs,
@@ -27,9 +27,9 @@ from ..torchscript.naming import (
     pick_outputs,
     positional_args,
 )
+from ..compiling import CompileWatch, compile_module, warm_up
 from . import module as module_file
 from .compile_cache import OFF, PACKAGED, CompileCache, default_directory, key_parts
-from .compiled import CompileWatch, compile_module, warm_up
 from .signature import forward_signature, keyword_only, uses_strings
 
 

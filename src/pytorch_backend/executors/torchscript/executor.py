@@ -17,8 +17,15 @@ from ...runtime.devices import kind_model_placement, module_devices
 from ...tracebacks import short_text
 from .. import artifacts
 from ..base import Capabilities, LoadContext
-from . import naming
-from .naming import Binding, Signature, bind_inputs, bind_outputs, pick_outputs, positional_args
+from ..binding.forward import (
+    Binding,
+    Signature,
+    bind_inputs,
+    bind_outputs,
+    describe,
+    pick_outputs,
+    positional_args,
+)
 
 _UNKNOWN_OP_RE = re.compile(r"Unknown builtin op: (\w+::\w+)")
 
@@ -135,7 +142,7 @@ class TorchScriptExecutor:
         return pick_outputs(self.outputs, values)  # type: ignore[return-value]
 
     def describe_bindings(self) -> list[str]:
-        lines = naming.describe(self.inputs, self.outputs)
+        lines = describe(self.inputs, self.outputs)
         return lines if self.method == "forward" else [*lines, f"serving method '{self.method}'"]
 
 

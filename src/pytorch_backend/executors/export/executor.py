@@ -23,15 +23,15 @@ from ...config.dtypes import TRITON_TO_TORCH, triton_name
 from ...errors import ExecutionError
 from ...requests import Value
 from .. import artifacts
-from ..aoti.callspec import (
+from ..base import Capabilities, LoadContext
+from ..binding.callspec import (
     CallSpec,
     CallSpecError,
     describe_bindings,
     parse_call_spec,
     resolve_bindings,
 )
-from ..base import Capabilities, LoadContext
-from .compiled import CompileWatch, compile_module, warm_up
+from ..compiling import CompileWatch, compile_module, warm_up
 
 
 def load_program(config: ModelConfig, path: Path) -> torch.export.ExportedProgram:

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from ... import torch_compat
-from ...config import BackendParameters, ModelConfig
-from ...config.compile_options import KEY, CompileOptions
-from ...config.dtypes import TRITON_TO_TORCH
-from ...logs import InstanceLog
-from ...requests import Value
-from ...runtime.execution import execution_context
-from ..base import ExecutorCounters
+from .. import torch_compat
+from ..config import BackendParameters, ModelConfig
+from ..config.compile_options import KEY, CompileOptions
+from ..config.dtypes import TRITON_TO_TORCH
+from ..logs import InstanceLog
+from ..requests import Value
+from ..runtime.execution import execution_context
+from .base import ExecutorCounters
 
 _VARIABLE_DIM = 2  # the size a -1 config dimension gets in the warm-up
 
