@@ -5,7 +5,8 @@ AOT-Inductor packages (``ARGS[i]``, ``KWARGS[k]``, ``RESULT[k][j]``, ordinal ``I
 ``OUTPUT__N``), check every input's dtype and fixed dims and every bound output's dtype against the
 graph's own metadata, read the batch range from the program's ``range_constraints`` (no probing),
 then ``.module()``, compiled and warmed up unless ``TORCH_COMPILE_OPTIONAL_PARAMETERS`` says
-``disable``. Batches below the exported minimum are padded by repeating the last row.
+``disable``. Batches below the exported minimum are padded by repeating the last row
+(:mod:`..padding`, which counts the padded rows).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..binding.callspec import (
     resolve_bindings,
 )
 from ..compiling import CompileWatch, compile_module, warm_up
+from ..padding import BatchPadding
 
 
 def load_program(config: ModelConfig, path: Path) -> torch.export.ExportedProgram:
@@ -94,6 +96,7 @@ class ExportedProgramExecutor:
             devices=(self.input_device,),
             batch_range=self.batch_range,
         )
+        self._padding = BatchPadding(self.capabilities)
 
     def _check_inputs(self, metas: list[Any]) -> None:
         offset = 1 if self.config.batching else 0
@@ -179,14 +182,7 @@ class ExportedProgramExecutor:
             if not isinstance(value, torch.Tensor):
                 raise ExecutionError(f"input '{name}' is missing or not a tensor")
             flat.append(value)
-        batch = flat[0].shape[0] if self.batch_range is not None and flat[0].dim() else 0
-        pad = (
-            self.batch_range[0] - batch
-            if self.batch_range and 0 < batch < self.batch_range[0]
-            else 0
-        )
-        if pad:
-            flat = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in flat]
+        flat, keep = self._padding.to_minimum(flat)
         args, kwargs = pytree.tree_unflatten(flat, self.in_spec)
         leaves = pytree.tree_leaves(self._call(*args, **kwargs))
         if self.watch is not None:
@@ -194,7 +190,7 @@ class ExportedProgramExecutor:
         result: dict[str, Value] = {}
         for name, index in self.bindings.outputs.items():
             value = leaves[index]
-            result[name] = value[:batch] if pad else value
+            result[name] = BatchPadding.trim(value, keep)
         return result
 
     def describe_bindings(self) -> list[str]:
