@@ -335,3 +335,35 @@ def test_compile_options_logged_and_warm_up_counts_graphs(tmp_path):
     watch.check({"x": torch.ones(1, 2)})
     assert counters.recompilations == 1
     assert "recompiled while serving: 1 new graph(s)" in "\n".join(lines)
+
+
+def test_without_warmup_the_compile_pass_still_runs_and_the_watch_counts_after_it(tmp_path):
+    model_dir = repo(tmp_path, {"model.py": MODULE})
+    lines: list[str] = []
+
+    class Sink:
+        def log_info(self, message: str) -> None:
+            lines.append(message)
+
+        log_warn = log_error = log_verbose = log_info
+
+    config = cfg(
+        {
+            "MODULE_CLASS": "Double",
+            "TORCH_COMPILE_OPTIONAL_PARAMETERS": '{"backend": "eager"}',
+            "WARMUP": "false",
+        }
+    )
+    instance = build_instance(
+        InstanceArgs(config, "m_0", InstanceKind.CPU, 0, model_dir, "1"), sink=Sink()
+    )
+    text = "\n".join(lines)
+    assert "torch.compile warm-up over batch sizes [1, 2, 4]" in text
+    assert "'m_0': warm-up over batch sizes" not in text  # no bucket runs
+    watch = instance.executor.capabilities.compilation
+    assert watch is instance.executor.watch and not watch.paused
+    assert instance.executor.capabilities.counters.warmup_seconds > 0
+    for batch in (3, 1, 4):
+        instance.infer([RequestInputs({"x": torch.ones(batch, 2)})])
+    assert instance.executor.capabilities.counters.recompilations == 0
+    assert "recompiled while serving" not in "\n".join(lines)

@@ -1,31 +1,29 @@
-"""``torch.compile`` at load: compile, warm up over the batch sizes served, count recompilations.
+"""``torch.compile`` at load, for the kinds that compile (nn.Module, torch.export programs).
 
-The warm-up runs the executor itself on zeros shaped from the config, under the model's grad
-policy, for batch sizes 1, 2 and ``max_batch_size``, with the batch dimension (and every ``-1``
-config dimension) marked dynamic from 2 up: one graph then serves every batch size >= 2, and a
-batch of 1 gets its own (0/1 specialisation). Batch sizes in between hit those graphs without
-recompiling; :class:`CompileWatch` counts the graphs torch compiles, so a recompilation while
-serving is logged.
+:func:`compile_forward` is the one way a factory compiles: it logs the options in effect,
+restores the compile cache (if any), compiles the forward (a bad backend, mode or option fails
+the load) and hands the executor the compiled forward with a :class:`CompileWatch`, which the
+executor declares as its ``Capabilities.compilation``.
+
+The graphs themselves are compiled by the load-time warm-up
+(:mod:`pytorch_backend.runtime.warmup`), which pauses the watch meanwhile. When it resumes, the
+compile cache keeps what was compiled, and every graph compiled from then on is a recompilation
+while serving: logged as a warning and counted (``ExecutorCounters.recompilations``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from .. import torch_compat
-from ..config import BackendParameters, ModelConfig
+from ..config import ModelConfig
 from ..config.compile_options import KEY, CompileOptions
-from ..config.dtypes import TRITON_TO_TORCH
 from ..logs import InstanceLog
 from ..requests import Value
-from ..runtime.execution import execution_context
-from .base import ExecutorCounters
-
-_VARIABLE_DIM = 2  # the size a -1 config dimension gets in the warm-up
+from .base import Capabilities, ExecutorCounters, LoadContext
 
 
 def compile_module(
@@ -42,30 +40,45 @@ def compile_module(
         ) from None
 
 
-def compile_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean torch.compile itself failed (not the model's own code)."""
-    return torch_compat.compile_error_types()
-
-
 class CompileWatch:
-    """Counts the graphs torch.compile has compiled in this process (one stub = one instance)."""
+    """Counts the graphs torch.compile has compiled in this process (one stub = one instance).
 
-    def __init__(self, log: InstanceLog, counters: ExecutorCounters | None = None) -> None:
+    A :class:`~.base.Compilation`: paused while the warm-up compiles; ``on_resume`` (the
+    compile cache's save) runs when the warm-up is over.
+    """
+
+    def __init__(
+        self,
+        log: InstanceLog,
+        counters: ExecutorCounters | None = None,
+        on_resume: Callable[[], object] | None = None,
+    ) -> None:
         self.log = log
         self.counters = counters  # recompilations are added here, for metrics
-        self.at_load = self.graphs()
-        self.seen = self.at_load
+        self.on_resume = on_resume
+        self.paused = False
+        self.at_load = self.seen = self.graphs()
 
     @staticmethod
     def graphs() -> int:
         return torch_compat.dynamo_unique_graphs()
 
-    def rebase(self) -> None:
-        """Count the graphs compiled so far as compiled at load (after the instance warm-up)."""
+    def pause(self) -> None:
+        """The warm-up starts: the graphs it compiles are compiled at load, not recompilations."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """The warm-up is over: save what it compiled; count the graphs so far as compiled at
+        load, and every later one as a recompilation."""
+        if self.on_resume is not None:
+            self.on_resume()
         self.at_load = self.seen = self.graphs()
+        self.paused = False
 
     def check(self, inputs: Mapping[str, Value]) -> None:
         """Log a warning when the last forward compiled new graphs (a recompilation)."""
+        if self.paused:
+            return
         now = self.graphs()
         if now != self.seen:
             shapes = {
@@ -81,65 +94,36 @@ class CompileWatch:
             self.seen = now
 
 
-def warmup_batches(config: ModelConfig) -> list[int | None]:
-    """Batch sizes the warm-up runs (None: a non-batching model, run once as configured)."""
-    if not config.batching:
-        return [None]
-    return sorted({1, min(2, config.max_batch_size), config.max_batch_size})
+class Compilable(Protocol):
+    """An executor whose forward :func:`compile_forward` can replace."""
+
+    capabilities: Capabilities
+
+    def use_compiled(self, compiled: Callable[..., Any], watch: CompileWatch) -> None:
+        """Run ``compiled`` from now on, check ``watch`` after each run and declare it."""
+        ...
 
 
-def warmup_inputs(config: ModelConfig, batch: int | None, device: torch.device) -> dict[str, Value]:
-    """Zeros shaped from the config; from a batch of 2 up, variable dims are marked dynamic."""
-    inputs: dict[str, Value] = {}
-    for spec in config.inputs:
-        dims = [d if d >= 0 else _VARIABLE_DIM for d in spec.shape]
-        shape = [batch, *dims] if batch is not None else dims
-        tensor = torch.zeros(shape, dtype=TRITON_TO_TORCH[spec.dtype], device=device)
-        if batch is None or batch >= 2:
-            variable = [i + (batch is not None) for i, d in enumerate(spec.shape) if d < 0]
-            for dim in ([0] if batch is not None else []) + variable:
-                torch_compat.mark_dynamic(tensor, dim)
-        inputs[spec.name] = tensor
-    return inputs
+class CompiledArtifacts(Protocol):
+    """What the compile cache offers (``eager/compile_cache.py``)."""
+
+    def restore(self) -> object: ...
+    def save(self) -> object: ...
 
 
-def warm_up(
-    config: ModelConfig,
-    params: BackendParameters,
-    run: Callable[[Mapping[str, Value]], object],
-    device: torch.device,
-    log: InstanceLog,
-) -> float:
-    """Run ``run`` over :func:`warmup_batches`, log the graphs compiled and the time taken, and
-    return the seconds it took.
-
-    A failure of torch.compile fails the load; the model's own code raising on zeros is logged
-    and the warm-up stops (the model may legitimately reject all-zero data).
-    """
-    before = CompileWatch.graphs()
-    started = time.perf_counter()
-    batches = warmup_batches(config)
-    for batch in batches:
-        inputs = warmup_inputs(config, batch, device)
-        try:
-            with execution_context(params):
-                run(inputs)
-        except compile_errors() as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise config.error(
-                f"torch.compile failed at load (warm-up with a batch of {batch}): "
-                f"{type(exc).__name__}: {text}"
-            ) from None
-        except Exception as exc:  # noqa: BLE001 - the model's own code
-            log.warn(
-                f"warm-up on zeros (batch {batch}) raised {type(exc).__name__}: {exc}; "
-                "graphs not compiled now are compiled by the first requests"
-            )
-            break
-    seconds = time.perf_counter() - started
-    sizes = ", ".join("as configured" if b is None else str(b) for b in batches)
-    log.info(
-        f"torch.compile warm-up over batch sizes [{sizes}]: "
-        f"{CompileWatch.graphs() - before} graph(s) compiled in {seconds:.1f} s"
-    )
-    return seconds
+def compile_forward(
+    context: LoadContext,
+    executor: Compilable,
+    forward: Callable[..., Any],
+    cache: CompiledArtifacts | None = None,
+) -> None:
+    """Compile ``forward`` for ``executor`` with the model's options; the warm-up compiles the
+    graphs, and ``cache`` (restored first) saves them when it is over."""
+    options = context.params.torch_compile
+    context.log.info(f"torch.compile: options in effect {options.describe()}")
+    if cache is not None:
+        cache.restore()
+    compiled = compile_module(context.config, forward, options)
+    counters = executor.capabilities.counters
+    watch = CompileWatch(context.log, counters, cache.save if cache is not None else None)
+    executor.use_compiled(compiled, watch)

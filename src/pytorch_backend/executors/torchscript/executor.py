@@ -28,6 +28,8 @@ from ..binding.forward import (
 )
 
 _UNKNOWN_OP_RE = re.compile(r"Unknown builtin op: (\w+::\w+)")
+#: Warm-up runs per batch size: one profiled run, one that optimises, one optimised.
+TORCHSCRIPT_RUNS = 3
 
 
 def load_torchscript(
@@ -131,7 +133,11 @@ class TorchScriptExecutor:
         self.inputs: Binding = bind_inputs(config, self.signature, indexed_in)
         self.outputs: Binding = bind_outputs(config, self.signature, indexed_out)
         self._arg_count = len(self.signature.arg_names)
-        self.capabilities = Capabilities(shareable_module=module, devices=module_devices(module))
+        self.capabilities = Capabilities(
+            shareable_module=module,
+            devices=module_devices(module),
+            warmup_runs=TORCHSCRIPT_RUNS,  # the profiling executor re-optimises per shape
+        )
 
     def run(self, inputs: Mapping[str, Value]) -> dict[str, Value]:
         if self.inputs.dict_input:
