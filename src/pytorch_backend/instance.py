@@ -196,13 +196,13 @@ def _build(
     metrics, metrics_state = _metrics(registry, config, params, args, log, device, executor)
     base_hooks = _hooks(params, settings, device, executor, sticky)
     hooks = _metered(base_hooks, sticky, metrics)
-    executor, graphs = _cuda_graphs(params, kind, device, executor, buckets, log)
+    executor, seal_graphs = _cuda_graphs(params, kind, device, executor, buckets, log)
     staging = _staging(executor)
     engine = InferenceEngine(config, executor, hooks, log, staging, output_shapes)
     forwards = WarmupForwards()  # what the warm-up measured, for ENABLE_CANCELLATION_CHECK
     warmup_hooks = Hooks([*base_hooks.hooks, forwards])
     _warm_up(config, executor, warmup_hooks, buckets, log, staging, output_shapes)
-    cuda_graphs = graphs.seal() if isinstance(graphs, GraphExecutor) else graphs
+    cuda_graphs = seal_graphs()
     sequences = sequence_states(config, args.model_dir, executor.input_device, log)
     if sequences is not None and metrics is not None:
         metrics.watch_sequences(sequences.live)
@@ -238,15 +238,16 @@ def _cuda_graphs(
     executor: Executor,
     buckets: list[int | None],
     log: InstanceLog,
-) -> tuple[Executor, GraphExecutor | str]:
-    """``CUDA_GRAPHS``: the executor wrapped to capture during the warm-up, or why not."""
+) -> tuple[Executor, Callable[[], str]]:
+    """``CUDA_GRAPHS``: the executor wrapped to capture during the warm-up, and what ends the
+    capture after it, returning the decision as logged (or why graphs have no effect)."""
     if not params.cuda_graphs or kind not in BY_KEY["CUDA_GRAPHS"].applies_to:
-        return executor, "false"
+        return executor, lambda: "false"
     reason = cuda_graphs_unsupported(device, executor.input_device, params.warmup)
     if reason is not None or device is None:
-        return executor, f"true, no effect: {reason}"
+        return executor, lambda: f"true, no effect: {reason}"
     graphs = GraphExecutor(executor, buckets, CudaGraphBackend(device), log.warn)
-    return graphs, graphs
+    return graphs, graphs.seal
 
 
 def _staging(executor: Executor) -> PinnedStaging | None:

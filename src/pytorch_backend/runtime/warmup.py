@@ -153,7 +153,7 @@ class _Dynamic:
             spec.name: [offset + i for i, d in enumerate(spec.shape) if d < 0]
             for spec in config.inputs
         }
-        self.failure: Exception | None = None  # torch.compile itself failed
+        self.failure: BaseException | None = None  # torch.compile itself failed
         self.raised: Exception | None = None  # the model's own code raised
 
     def run(self, inputs: Mapping[str, Value]) -> dict[str, Value]:
@@ -167,7 +167,7 @@ class _Dynamic:
         try:
             return self.executor.run(inputs)
         except torch_compat.compile_error_types() as exc:
-            self.failure = exc  # type: ignore[assignment]
+            self.failure = exc
             raise
         except Exception as exc:
             self.raised = exc
