@@ -194,14 +194,15 @@ def _build(
     sticky = StickyErrorWatch(_on_sticky_error(params, log), _cuda_devices(device, executor))
     metrics = _metrics(registry, config, params, args, log, device, executor)
     hook = metrics.value
-    hooks = _hooks(params, settings, device, executor, sticky, hook)
+    base_hooks = _hooks(params, settings, device, executor, sticky)
+    hooks = _metered(base_hooks, sticky, hook)
     graphs = _cuda_graphs(params, kind, device, executor, buckets, log)
     executor = graphs.value or executor
     staging = _staging(executor)
     engine = InferenceEngine(config, executor, hooks, log, staging, output_shapes)
     forwards = WarmupForwards()  # what the warm-up measured, for ENABLE_CANCELLATION_CHECK
-    warmup_hooks = Hooks([*hooks.hooks, forwards])
-    _warm_up(config, kind, executor, warmup_hooks, buckets, log, staging, output_shapes)
+    warmup_hooks = Hooks([*base_hooks.hooks, forwards])
+    _warm_up(config, executor, warmup_hooks, buckets, log, staging, output_shapes)
     graphs = Decision(graphs.value, graphs.value.seal()) if graphs.value else graphs
     sequences = sequence_states(config, args.model_dir, executor.input_device, log)
     if sequences is not None and hook is not None:
@@ -257,7 +258,6 @@ def _staging(executor: Executor) -> PinnedStaging | None:
 
 def _warm_up(
     config: ModelConfig,
-    kind: ModelKind,
     executor: Executor,
     hooks: Hooks,
     buckets: list[int | None],
@@ -265,24 +265,15 @@ def _warm_up(
     staging: PinnedStaging | None = None,
     output_shapes: OutputShapes | None = None,
 ) -> None:
-    """``WARMUP``: run the buckets through an engine without metrics (:mod:`.runtime.warmup`)."""
-    if not buckets:
-        return
-    without_metrics = Hooks([h for h in hooks.hooks if not isinstance(h, MetricsHook)])
-    engine = InferenceEngine(config, executor, without_metrics, log, staging, output_shapes)
-    # A compiled module's watch would report the warm-up's graphs as recompilations.
-    watch = getattr(executor, "watch", None)
-    if watch is not None:
-        executor.watch = None  # type: ignore[attr-defined]
-    try:
-        shapes = executor.capabilities.warmup_shapes
-        seconds = warm_up(config, kind, buckets, shapes, engine.infer, log.info, log.warn)
-    finally:
-        if watch is not None:
-            watch.rebase()
-            executor.watch = watch  # type: ignore[attr-defined]
-    counters = executor.capabilities.counters
-    counters.warmup_seconds = (counters.warmup_seconds or 0.0) + seconds
+    """The load-time warm-up (:mod:`.runtime.warmup`): compile what the executor compiles, then
+    the buckets (``WARMUP``), through engines with ``hooks`` (the instance's, without metrics)."""
+
+    def engine(runs: Executor) -> Callable[[list[RequestInputs]], list[Outcome]]:
+        return InferenceEngine(config, runs, hooks, log, staging, output_shapes).infer
+
+    seconds = warm_up(config, executor, engine, buckets, log)
+    if seconds is not None:
+        executor.capabilities.counters.warmup_seconds = seconds
 
 
 def _parameters(config: ModelConfig, args: InstanceArgs, log: InstanceLog) -> BackendParameters:
@@ -380,8 +371,8 @@ def _hooks(
     device: torch.device | None,
     executor: Executor,
     sticky: StickyErrorWatch,
-    metrics: MetricsHook | None = None,
 ) -> Hooks:
+    """The hooks around every forward, the warm-up's included (metrics: :func:`_metered`)."""
     # The sticky-error watch is outermost: errors surface at the stream's synchronisation too.
     hooks: list[Hook] = [sticky]
     # KIND_MODEL: one stream per GPU the model's tensors live on (none on CPU).
@@ -391,8 +382,14 @@ def _hooks(
     hooks.append(GradPolicyHook(params))
     if settings.cache_cleaning:
         hooks.append(CacheCleaningHook())
-    if metrics is not None:  # last: it reads CUDA memory after the cache was cleaned
-        if sticky.devices:  # the series exists for GPU instances
-            metrics.watch_sticky_error(lambda: sticky.error is not None)
-        hooks.append(metrics)
     return Hooks(hooks)
+
+
+def _metered(hooks: Hooks, sticky: StickyErrorWatch, metrics: MetricsHook | None) -> Hooks:
+    """The serving hooks: ``hooks`` and the metrics hook, last (it reads CUDA memory after the
+    cache was cleaned). The warm-up runs without it: it records no metrics."""
+    if metrics is None:
+        return hooks
+    if sticky.devices:  # the series exists for GPU instances
+        metrics.watch_sticky_error(lambda: sticky.error is not None)
+    return Hooks([*hooks.hooks, metrics])

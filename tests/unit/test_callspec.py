@@ -11,7 +11,11 @@ import torch.utils._pytree as pytree
 
 from pytorch_backend.config import parse_model_config
 from pytorch_backend.errors import ModelLoadError
-from pytorch_backend.executors.aoti.callspec import CallSpecError, parse_call_spec, resolve_bindings
+from pytorch_backend.executors.binding.callspec import (
+    CallSpecError,
+    parse_call_spec,
+    resolve_bindings,
+)
 
 T = torch.zeros(1)
 

@@ -18,7 +18,7 @@ import torch.utils._pytree as pytree
 
 from pytorch_backend import convert
 from pytorch_backend.config import parse_model_config
-from pytorch_backend.executors.aoti.callspec import parse_call_spec, resolve_bindings
+from pytorch_backend.executors.binding.callspec import parse_call_spec, resolve_bindings
 from pytorch_backend.serving import examples
 from pytorch_backend.serving.convert import ConvertError
 

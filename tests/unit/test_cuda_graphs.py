@@ -13,9 +13,10 @@ from pytorch_backend import instance as instance_module
 from pytorch_backend.config import InstanceKind, parse_parameters
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.executors.base import Capabilities
+from pytorch_backend.executors.padding import pad_into
 from pytorch_backend.requests import RequestInputs
 from pytorch_backend.runtime import cuda_graphs
-from pytorch_backend.runtime.cuda_graphs import GraphExecutor, pad_into, pick_bucket
+from pytorch_backend.runtime.cuda_graphs import GraphExecutor, pick_bucket
 from pytorch_backend.strings import Strings
 from tests.unit.test_instance import build, settings_logged, ts_config, ts_repo
 
@@ -117,6 +118,20 @@ def test_warm_up_captures_each_bucket_and_a_batch_replays_the_smallest_padded():
     assert inner.calls == [4]  # the bucket-4 graph ran (3 rows + 1 padded)
     assert wrapper.graphs[4].graph.replays >= 1
     assert inner.capabilities.counters.padded_rows == 1
+    assert warnings == []
+
+
+def test_buckets_below_the_minimum_batch_are_captured_at_the_minimum_and_padding_counted():
+    inner = RowSum()
+    inner.capabilities = Capabilities(batch_range=(3, 8))  # an artifact taking 3..8 rows
+    wrapper, _, warnings = make(buckets=(1, 2, 4, 8), inner=inner)
+    assert warm(wrapper, buckets=(1, 2, 4, 8)) == "true (graphs for batch sizes [3, 4, 8])"
+    assert wrapper.backend.captured == [3, 4, 8]
+    assert min(inner.calls) == 3  # the artifact never saw a batch below its minimum
+    before = inner.capabilities.counters.padded_rows
+    x = torch.ones(1, 3)
+    assert torch.equal(wrapper.run({"x": x})["y"], expected(x))
+    assert inner.capabilities.counters.padded_rows - before == 2  # 1 row replayed as 3
     assert warnings == []
 
 

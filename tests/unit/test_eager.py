@@ -264,6 +264,41 @@ def test_exported_program_load_errors(tmp_path, fields, fragment):
     assert fragment in str(info.value)
 
 
+class _Affine(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 + 1
+
+
+def test_exported_program_pads_below_its_minimum_and_the_metric_counts_it(tmp_path):
+    from pytorch_backend import metrics
+    from tests.unit.test_metrics import FakeRegistry
+
+    model_dir = repo(tmp_path, {})
+    batch = torch.export.Dim("batch", min=3, max=8)
+    program = torch.export.export(_Affine(), (torch.zeros(4, 2),), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(program, model_dir / "1" / "model.pt2")
+    config = cfg(
+        {"TORCH_COMPILE_OPTIONAL_PARAMETERS": '{"disable": true}'},
+        default_model_filename="model.pt2",
+        input=[io("INPUT__0", [2])],
+        output=[io("OUTPUT__0", [2])],
+    )
+    registry = FakeRegistry()
+    instance = build_instance(
+        InstanceArgs(config, "m_0", InstanceKind.CPU, 0, model_dir, "1"), metrics=registry
+    )
+    assert instance.executor.capabilities.batch_range == (3, 8)
+    counters = instance.executor.capabilities.counters
+    before = counters.padded_rows
+    for rows in (1, 2, 4):  # padded by 2, by 1, not at all
+        x = torch.arange(rows * 2.0).view(rows, 2)
+        (out,) = instance.infer([RequestInputs({"INPUT__0": x})])
+        assert torch.equal(out["OUTPUT__0"], x * 2 + 1)  # the padded rows are dropped
+    assert counters.padded_rows - before == 3
+    instance.close()  # flushes the metrics
+    assert registry.get(metrics.PADDED.name).value == counters.padded_rows
+
+
 def test_compile_options_logged_and_warm_up_counts_graphs(tmp_path):
     model_dir = repo(tmp_path, {"model.py": MODULE})
     lines: list[str] = []
@@ -300,3 +335,35 @@ def test_compile_options_logged_and_warm_up_counts_graphs(tmp_path):
     watch.check({"x": torch.ones(1, 2)})
     assert counters.recompilations == 1
     assert "recompiled while serving: 1 new graph(s)" in "\n".join(lines)
+
+
+def test_without_warmup_the_compile_pass_still_runs_and_the_watch_counts_after_it(tmp_path):
+    model_dir = repo(tmp_path, {"model.py": MODULE})
+    lines: list[str] = []
+
+    class Sink:
+        def log_info(self, message: str) -> None:
+            lines.append(message)
+
+        log_warn = log_error = log_verbose = log_info
+
+    config = cfg(
+        {
+            "MODULE_CLASS": "Double",
+            "TORCH_COMPILE_OPTIONAL_PARAMETERS": '{"backend": "eager"}',
+            "WARMUP": "false",
+        }
+    )
+    instance = build_instance(
+        InstanceArgs(config, "m_0", InstanceKind.CPU, 0, model_dir, "1"), sink=Sink()
+    )
+    text = "\n".join(lines)
+    assert "torch.compile warm-up over batch sizes [1, 2, 4]" in text
+    assert "'m_0': warm-up over batch sizes" not in text  # no bucket runs
+    watch = instance.executor.capabilities.compilation
+    assert watch is instance.executor.watch and not watch.paused
+    assert instance.executor.capabilities.counters.warmup_seconds > 0
+    for batch in (3, 1, 4):
+        instance.infer([RequestInputs({"x": torch.ones(batch, 2)})])
+    assert instance.executor.capabilities.counters.recompilations == 0
+    assert "recompiled while serving" not in "\n".join(lines)

@@ -1,4 +1,4 @@
-"""TorchScript naming conventions and load-time validation (upstream_semantics.md §3)."""
+"""TorchScript naming conventions (binding/forward.py) and load-time validation."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import torch
 
 from pytorch_backend.config import parse_model_config
 from pytorch_backend.errors import ModelLoadError
-from pytorch_backend.executors.torchscript.executor import TorchScriptExecutor, load_torchscript
-from pytorch_backend.executors.torchscript.naming import (
+from pytorch_backend.executors.binding.forward import (
     CONFIG_ORDER,
     DICT_INPUT,
     FORWARD_ARGUMENT,
     NAMED_INDEX,
 )
+from pytorch_backend.executors.torchscript.executor import TorchScriptExecutor, load_torchscript
 from tests import ts_models
 
 CPU = torch.device("cpu")

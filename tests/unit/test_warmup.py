@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from pytorch_backend.config import ModelKind, parse_model_config, parse_parameters
+from pytorch_backend.config import parse_model_config, parse_parameters
 from pytorch_backend.engine import InferenceEngine
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.executors.base import Capabilities
+from pytorch_backend.executors.torchscript.executor import TORCHSCRIPT_RUNS
 from pytorch_backend.instance import build_instance
+from pytorch_backend.logs import InstanceLog
 from pytorch_backend.runtime import warmup
 from tests.unit.test_instance import Sink, args, io, ts_config, ts_repo
 
@@ -78,9 +81,9 @@ def test_warmup_parameter_parses_as_a_boolean():
 class Recorder:
     """An executor that records the shapes (and string lists) it is run with."""
 
-    def __init__(self, fail_at: int | None = None) -> None:
+    def __init__(self, fail_at: int | None = None, runs: int = 1) -> None:
         self.input_device = torch.device("cpu")
-        self.capabilities = Capabilities(warmup_shapes={"seq": (5,)})
+        self.capabilities = Capabilities(warmup_shapes={"seq": (5,)}, warmup_runs=runs)
         self.calls: list[dict] = []
         self.fail_at = fail_at
 
@@ -107,17 +110,11 @@ MIXED = [
 ]
 
 
-def run_warmup(model, kind, buckets, executor):
+def run_warmup(model, buckets, executor):
     sink = Sink()
     engine = InferenceEngine(model, executor)
-    seconds = warmup.warm_up(
-        model,
-        kind,
-        buckets,
-        executor.capabilities.warmup_shapes,
-        engine.infer,
-        sink.log_info,
-        sink.log_warn,
+    seconds = warmup.run_buckets(
+        model, buckets, executor.capabilities, engine.infer, sink.log_info, sink.log_warn
     )
     return seconds, sink
 
@@ -125,7 +122,7 @@ def run_warmup(model, kind, buckets, executor):
 def test_warmup_runs_the_executor_with_the_config_shapes():
     model = config(4, inputs=MIXED)
     executor = Recorder()
-    seconds, sink = run_warmup(model, ModelKind.AOTI, [1, 2, 4], executor)
+    seconds, sink = run_warmup(model, [1, 2, 4], executor)
     v = warmup.VARIABLE_DIM
     s = warmup.STRING_VALUE
     assert executor.calls == [
@@ -136,22 +133,22 @@ def test_warmup_runs_the_executor_with_the_config_shapes():
     assert line.startswith("warm-up over batch sizes [1, 2, 4]: 3 run(s) (1 per batch size) in ")
 
 
-def test_torchscript_runs_each_bucket_until_the_profiling_executor_settles():
-    executor = Recorder()
-    run_warmup(config(2), ModelKind.TORCHSCRIPT, [1, 2], executor)
-    runs = warmup.TORCHSCRIPT_RUNS
+def test_each_bucket_runs_as_often_as_the_executor_declares():
+    executor = Recorder(runs=TORCHSCRIPT_RUNS)
+    run_warmup(config(2), [1, 2], executor)
+    runs = TORCHSCRIPT_RUNS
     assert [c["x"][0] for c in executor.calls] == [1] * runs + [2] * runs
 
 
 def test_a_model_that_does_not_batch_runs_as_configured():
     executor = Recorder()
-    run_warmup(config(0, inputs=[io("x", [2, -1])]), ModelKind.AOTI, [None], executor)
+    run_warmup(config(0, inputs=[io("x", [2, -1])]), [None], executor)
     assert executor.calls == [{"x": [2, warmup.VARIABLE_DIM]}]
 
 
 def test_a_failing_bucket_is_a_warning_and_stops_the_warmup():
     executor = Recorder(fail_at=2)
-    _, sink = run_warmup(config(8), ModelKind.AOTI, [1, 2, 4, 8], executor)
+    _, sink = run_warmup(config(8), [1, 2, 4, 8], executor)
     assert [c["x"][0] for c in executor.calls] == [1, 2]
     (warning,) = sink.text("warn")
     assert "warm-up on zeros (a batch of 2) failed" in warning
@@ -164,6 +161,7 @@ def test_build_instance_warms_up_before_returning_and_logs_it(tmp_path):
     instance = build_instance(args(ts_repo(tmp_path), ts_config()), sink)
     lines = [line for line in sink.text() if "warm-up over batch sizes" in line]
     assert len(lines) == 1 and "[1, 2, 4]:" in lines[0]
+    assert f"({TORCHSCRIPT_RUNS} per batch size)" in lines[0]  # TorchScript's profiling runs
     assert "WARMUP = true" in "\n".join(sink.text())
     assert "WARMUP_BATCH_SIZES = [1, 2, 4] (not given" in "\n".join(sink.text())
     assert instance.executor.capabilities.counters.warmup_seconds is not None
@@ -177,3 +175,119 @@ def test_warmup_false_runs_nothing(tmp_path):
     assert "warm-up over batch sizes" not in text
     assert "WARMUP = false" in text
     assert "WARMUP_BATCH_SIZES = no effect: WARMUP is false" in text
+
+
+# -- the compile pass: executors that declare a compilation ----------------------------------------
+
+
+class Compiles(Recorder):
+    """A Recorder declaring a compilation, recording when the warm-up pauses and resumes it."""
+
+    def __init__(self, fail_at: int | None = None, raises: Exception | None = None) -> None:
+        super().__init__(fail_at)
+        self.capabilities = dataclasses.replace(self.capabilities, compilation=self)
+        self.events: list[object] = []
+        self.raises = raises
+
+    def pause(self) -> None:
+        self.events.append("pause")
+
+    def resume(self) -> None:
+        self.events.append(("resume after runs", len(self.calls)))
+
+    def run(self, inputs):
+        if self.raises is not None:
+            raise self.raises
+        return super().run(inputs)
+
+
+def warm(model, executor, buckets):
+    sink = Sink()
+    seconds = warmup.warm_up(
+        model,
+        executor,
+        lambda runs: InferenceEngine(model, runs).infer,
+        buckets,
+        InstanceLog("m", "m_0", sink),
+    )
+    return seconds, sink
+
+
+VARIABLE = [io("x", [-1, 3]), io("seq", [-1], "TYPE_INT64")]
+
+
+def test_a_compiled_forward_compiles_first_with_dynamic_dims_whatever_warmup_says(monkeypatch):
+    marked: list[tuple[tuple[int, ...], int]] = []
+    monkeypatch.setattr(
+        warmup.torch_compat, "mark_dynamic", lambda t, dim: marked.append((tuple(t.shape), dim))
+    )
+    executor = Compiles()
+    seconds, sink = warm(config(4, inputs=VARIABLE), executor, [])  # WARMUP false: no buckets
+    assert [c["x"][0] for c in executor.calls] == [1, 2, 4]
+    assert executor.events == ["pause", ("resume after runs", 3)]
+    v = warmup.VARIABLE_DIM
+    # batch 1 is specialised (nothing marked); from 2 rows the batch dim and every -1 dim
+    assert marked == [
+        ((2, v, 3), 0),
+        ((2, v, 3), 1),
+        ((2, 5), 0),
+        ((2, 5), 1),
+        ((4, v, 3), 0),
+        ((4, v, 3), 1),
+        ((4, 5), 0),
+        ((4, 5), 1),
+    ]
+    (line,) = sink.text()
+    assert "torch.compile warm-up over batch sizes [1, 2, 4]: " in line
+    assert seconds is not None and seconds >= 0
+
+
+def test_the_buckets_run_after_the_compile_pass_and_the_watch_resumes_after_both():
+    executor = Compiles()
+    seconds, sink = warm(config(4), executor, [1, 2, 4])
+    assert [c["x"][0] for c in executor.calls] == [1, 2, 4, 1, 2, 4]
+    assert executor.events == ["pause", ("resume after runs", 6)]
+    compiled, buckets = sink.text()
+    assert "torch.compile warm-up over batch sizes [1, 2, 4]" in compiled
+    assert "'m_0': warm-up over batch sizes [1, 2, 4]: 3 run(s)" in buckets
+
+
+def test_a_torch_compile_failure_fails_the_load():
+    from torch._dynamo.exc import TorchDynamoException
+
+    executor = Compiles(raises=TorchDynamoException("graph break under fullgraph=True"))
+    with pytest.raises(ModelLoadError) as error:
+        warm(config(4), executor, [1, 2, 4])
+    assert (
+        "torch.compile failed at load (warm-up with a batch of 1): TorchDynamoException: "
+        "graph break under fullgraph=True"
+    ) in str(error.value)
+
+
+def test_a_model_raising_on_zeros_ends_the_compile_pass_with_a_warning():
+    executor = Compiles(fail_at=2)
+    _, sink = warm(config(4), executor, [])
+    assert [c["x"][0] for c in executor.calls] == [1, 2]
+    (warning,) = sink.text("warn")
+    assert "warm-up on zeros (batch 2) raised RuntimeError: zeros are not allowed" in warning
+    assert executor.events == ["pause", ("resume after runs", 2)]
+
+
+def test_an_executor_that_does_not_compile_runs_only_the_buckets_or_nothing():
+    executor = Recorder()
+    assert warm(config(4), executor, [])[0] is None
+    assert executor.calls == []
+    seconds, sink = warm(config(4), executor, [1, 4])
+    assert [c["x"][0] for c in executor.calls] == [1, 4] and seconds is not None
+    assert len(sink.text()) == 1 and "torch.compile" not in sink.text()[0]
+
+
+def test_rows_padded_while_warming_up_are_not_counted():
+    class Pads(Recorder):
+        def run(self, inputs):
+            self.capabilities.counters.padded_rows += 2  # as an artifact with a minimum batch
+            return super().run(inputs)
+
+    executor = Pads()
+    warm(config(4), executor, [1, 2, 4])
+    assert len(executor.calls) == 3 and executor.capabilities.counters.padded_rows == 0

@@ -42,6 +42,20 @@ class LoadRunOutputs:
     slots: Mapping[str, str] = field(default_factory=dict)
 
 
+class Compilation(Protocol):
+    """A forward that ``torch.compile`` compiles at load (:mod:`.compiling`), as the load-time
+    warm-up (:mod:`pytorch_backend.runtime.warmup`) needs it."""
+
+    def pause(self) -> None:
+        """The warm-up starts: what compiles from now on is compiled at load."""
+        ...
+
+    def resume(self) -> None:
+        """The warm-up is over: keep what it compiled; a new graph from now on is a
+        recompilation."""
+        ...
+
+
 @dataclass(frozen=True, eq=False)
 class Capabilities:
     """What an executor declares about itself, so that no caller needs to type-check it."""
@@ -58,6 +72,11 @@ class Capabilities:
     counters: ExecutorCounters = field(default_factory=ExecutorCounters)
     #: The output shapes of a run at load (an AOT-Inductor package's test run on zeros).
     load_run: LoadRunOutputs | None = None
+    #: Runs of each warm-up batch size (TorchScript: until its profiling executor settles).
+    warmup_runs: int = 1
+    #: A forward torch.compile compiles at load (None: none): the warm-up compiles it first,
+    #: whatever ``WARMUP`` says, and pauses its recompilation watch meanwhile.
+    compilation: Compilation | None = None
 
 
 class Executor(Protocol):

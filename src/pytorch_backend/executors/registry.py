@@ -66,8 +66,8 @@ REGISTRY: Mapping[ModelKind, KindEntry] = {
         ModelKind.EXPORTED_PROGRAM,
         "model.pt2",
         "",
-        ".eager.exported:load",
-        ".eager.describe:describe_program",
+        ".export.executor:load",
+        ".export.describe:describe",
     ),
 }
 

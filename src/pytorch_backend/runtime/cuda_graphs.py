@@ -14,7 +14,10 @@ bucket, each with static input buffers of the bucket's batch size:
   rows are copied into the static buffers, the rest of each buffer repeats the last row (real
   data, so padding cannot produce NaNs the model would not see otherwise), the graph is
   replayed and the first ``n`` rows of each static output are returned, cloned (the next replay
-  overwrites them). Padded rows are counted in ``padded_rows``.
+  overwrites them). Padded rows are counted in ``padded_rows``
+  (:mod:`pytorch_backend.executors.padding`). A bucket below the executor's minimum batch
+  (``Capabilities.batch_range``) is captured at that minimum, so the executor never pads inside
+  a graph, where a replay could not count it.
 * **Fallback** to the executor's own ``run`` (the reason logged once per kind of reason): a
   batch larger than every bucket, an input whose non-batch dims, dtype or device differ from
   the captured ones (variable dims), and every batch once a capture failed (a model that
@@ -34,6 +37,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..executors.padding import BatchPadding, pad_into, padded
 from ..requests import Value
 
 #: Eager runs on a side stream before a bucket's capture.
@@ -97,16 +101,6 @@ def pick_bucket(buckets: Sequence[int], n: int) -> int | None:
     return buckets[at] if at < len(buckets) else None
 
 
-def pad_into(static: torch.Tensor, rows: torch.Tensor) -> int:
-    """Copy ``rows`` into the head of ``static``; the tail repeats the last row. Padded count."""
-    n = rows.shape[0]
-    static[:n].copy_(rows)
-    padded = static.shape[0] - n
-    if padded:
-        static[n:].copy_(rows[n - 1 :].expand_as(static[n:]))
-    return padded
-
-
 class GraphExecutor:
     """Wraps an executor (same interface): replays a bucket's CUDA graph where one fits."""
 
@@ -120,7 +114,11 @@ class GraphExecutor:
     ) -> None:
         self.inner = inner
         self.batching = None not in buckets
-        self.buckets: list[int | None] = sorted(b for b in buckets if b is not None) or [None]
+        # A bucket below the executor's minimum batch is captured at the minimum: its graph
+        # then holds no padding of its own (which a replay could not count).
+        self.padding = BatchPadding(inner.capabilities)
+        sizes = {max(b, self.padding.minimum) for b in buckets if b is not None}
+        self.buckets: list[int | None] = sorted(sizes) or [None]
         self.backend = backend
         self.warn = warn
         self.capturing = True  # the warm-up captures; :meth:`seal` ends it
@@ -160,7 +158,7 @@ class GraphExecutor:
         if self.disabled is not None:
             return self.inner.run(inputs)
         n = self._rows(inputs)
-        bucket = n if self.capturing and n in self.buckets else self._bucket_for(n)
+        bucket = self._capture_bucket(n) if self.capturing else self._bucket_for(n)
         if bucket is _NONE:
             return self.inner.run(inputs)
         captured = self.graphs.get(bucket)
@@ -179,6 +177,13 @@ class GraphExecutor:
             if isinstance(value, torch.Tensor) and value.dim() > 0:
                 return value.shape[0]
         return None
+
+    def _capture_bucket(self, n: int | None) -> int | None | object:
+        """While capturing: the bucket for ``n`` rows, captured or not (else :data:`_NONE`)."""
+        if not self.batching:
+            return None
+        bucket = pick_bucket(self.buckets, n) if n is not None else None  # type: ignore[arg-type]
+        return _NONE if bucket is None else bucket
 
     def _bucket_for(self, n: int | None) -> int | None | object:
         """The captured bucket for ``n`` rows, else :data:`_NONE` (reason said once)."""
@@ -199,7 +204,10 @@ class GraphExecutor:
         return bucket
 
     def _capture(self, bucket: int | None, inputs: Mapping[str, Value]) -> Captured | None:
-        static = {k: v.clone() for k, v in inputs.items()}  # type: ignore[union-attr]
+        static = {  # the bucket's rows: the batch's, padded (a warm-up batch below the minimum)
+            k: v.clone() if bucket is None else padded(v, bucket)  # type: ignore[union-attr,arg-type]
+            for k, v in inputs.items()
+        }
         try:
             graph, outputs = self.backend.capture(self.inner.run, static)
         except Exception as error:  # noqa: BLE001 - any capture failure means: no graphs
@@ -227,16 +235,16 @@ class GraphExecutor:
         if mismatch is not None:
             self._once(f"shape:{mismatch[0]}", mismatch[1])
             return self.inner.run(inputs)
-        padded = 0
+        rows = 0
         for name, static in captured.inputs.items():
             value: torch.Tensor = inputs[name]  # type: ignore[assignment]
             if n is None:
                 static.copy_(value)
             else:
-                padded = pad_into(static, value)
+                rows = pad_into(static, value)
         captured.graph.replay()
-        if padded:
-            self.capabilities.counters.padded_rows += padded
+        if rows:
+            self.padding.count(rows)
         if n is None:
             return {k: v.clone() for k, v in captured.outputs.items()}
         return {k: v[:n].clone() for k, v in captured.outputs.items()}

@@ -27,9 +27,9 @@ import torch
 from ..config import ModelConfig, ModelKind, parse_model_config, parse_parameters
 from ..config.dtypes import TRITON_TO_TORCH
 from ..errors import PyTorchBackendError
+from ..executors.binding.forward import Binding, bind_inputs, bind_outputs, positional_args
 from ..executors.registry import AOTI_PLATFORM, artifact_path
 from ..executors.torchscript.executor import load_torchscript, signature_of
-from ..executors.torchscript.naming import Binding, bind_inputs, bind_outputs, positional_args
 from .package import Progress, _stderr
 from .package_pt2 import utf8_ctype
 

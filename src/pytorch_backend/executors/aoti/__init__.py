@@ -1,1 +1,1 @@
-"""AOT-Inductor packages (``model.pt2``): call-spec naming, the batch-range probe, the executor."""
+"""AOT-Inductor packages (``model.pt2``): the batch-range probe, the input checks, the executor."""

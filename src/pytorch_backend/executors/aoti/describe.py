@@ -1,6 +1,6 @@
 """Describe an AOT-Inductor package's inputs and outputs without a configuration.
 
-* names: the call spec (:mod:`.callspec`), forward-based first, ordinal second;
+* names: the call spec (:mod:`..binding.callspec`), forward-based first, ordinal second;
 * input dtypes and dims, and the batch range: the input checks compiled into the package
   (:mod:`.checks`);
 * output dtypes and dims: two test runs on zeros, the second with every dynamic input dim one
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from ...config.dtypes import TORCH_TO_TRITON, TRITON_TO_TORCH
+from ..binding.callspec import CallSpecError, load_error, parse_call_spec
 from ..description import DescribeContext, ModelIO, TensorIO
-from .callspec import CallSpecError, load_error, parse_call_spec
 from .checks import DimCheck, InputCheck, package_source, parse_input_checks
 from .executor import check_package_file, checked_inputs, load_package
 from .probe import quiet_stderr

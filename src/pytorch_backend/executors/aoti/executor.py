@@ -10,7 +10,7 @@ Loading:
    ``torch._inductor`` and probes the host compiler, seconds per instance), with
    ``AOTI_RUNTIME_CHECK_INPUTS`` set so the generated input checks stay on for this model (a
    wrong shape then fails cleanly instead of reading out of bounds).
-3. The call spec is named (:mod:`.callspec`) and bound to the config names.
+3. The call spec is named (:mod:`..binding.callspec`) and bound to the config names.
 4. The input checks the package states (its generated source, :mod:`.checks`) give its batch
    range, dtypes and fixed dims (:mod:`.probe`; probing the runtime where the source is absent);
    the output shapes of its run on zeros are declared (``capabilities.load_run``) for the
@@ -20,8 +20,9 @@ Running: inputs are flattened in leaf order, made contiguous and checked against
 stated input checks (a refused input is the request's fault, with the same text on every torch;
 torch 2.9's runtime would only say "API call failed"). Batches below the exported
 minimum (AOTI compiles ``Dim(min=1)`` as a lower bound of 2) are padded by repeating the last
-row, and the padding is dropped from the outputs. A config ``-1`` dim whose exported minimum is
-above 1 is logged at load, and a request below it is refused naming the minimum and why.
+row, and the padding is dropped from the outputs (:mod:`..padding`, which counts it). A config
+``-1`` dim whose exported minimum is above 1 is logged at load, and a request below it is
+refused naming the minimum and why.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from ...errors import ExecutionError, RequestError
 from ...logs import InstanceLog
 from .. import artifacts
 from ..base import Capabilities, LoadContext, LoadRunOutputs
-from .callspec import (
+from ..binding.callspec import (
     CallSpec,
     CallSpecError,
     describe_bindings,
@@ -52,6 +53,7 @@ from .callspec import (
     parse_call_spec,
     resolve_bindings,
 )
+from ..padding import BatchPadding
 from .checks import InputCheck, package_source, parse_input_checks, violation
 from .probe import CHECK_RE, PackageProbe, parse_check
 
@@ -203,6 +205,7 @@ class AotiExecutor:
             batch_range=self.batch_range,
             load_run=self._load_run(probe),
         )
+        self._padding = BatchPadding(self.capabilities)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -213,13 +216,7 @@ class AotiExecutor:
             if not isinstance(value, torch.Tensor):
                 raise ExecutionError(f"input '{name}' is missing or not a tensor")
             flat.append(value.contiguous())
-        batch, pad = 0, 0
-        if self.config.batching and self.batch_range is not None:
-            batch = flat[0].shape[0] if flat[0].dim() else 0
-            pad = self.batch_range[0] - batch if 0 < batch < self.batch_range[0] else 0
-            if pad:
-                flat = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in flat]
-                self.capabilities.counters.padded_rows += pad
+        flat, keep = self._padding.to_minimum(flat)
         self._check_inputs(flat)
         try:
             outputs = self._loader.run(flat)
@@ -235,7 +232,7 @@ class AotiExecutor:
             value = outputs[index]
             if not isinstance(value, torch.Tensor):
                 raise ExecutionError(f"output '{name}' is {type(value).__name__}, not a tensor")
-            result[name] = value[:batch] if pad else value
+            result[name] = BatchPadding.trim(value, keep)
         return result
 
     def describe_bindings(self) -> list[str]:

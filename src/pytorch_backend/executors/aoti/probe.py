@@ -28,7 +28,7 @@ from ...config import ModelConfig, TensorSpec
 from ...config.dtypes import TRITON_TO_TORCH, triton_name
 from ...errors import ModelLoadError
 from ...logs import InstanceLog
-from .callspec import Bindings, CallSpec
+from ..binding.callspec import Bindings, CallSpec
 from .checks import InputCheck, describe_dim
 
 _HUGE_BATCH = 2**31 - 1

@@ -1,1 +1,1 @@
-"""nn.Module models (a Python file and its state dict) and torch.export programs."""
+"""nn.Module models (a Python file and its state dict), compiled with ``torch.compile``."""

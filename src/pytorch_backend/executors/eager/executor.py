@@ -3,12 +3,14 @@
 Loading (:func:`load`): import the module file, pick its nn.Module subclass, instantiate it with
 no arguments, load ``<basename>.pt`` (``weights_only=True``, strict keys) when it exists, place it
 (``.to(device)``; KIND_MODEL keeps the devices the module chose), ``eval()``, bind the config
-names with the TorchScript rules from the forward's signature, then compile and warm up unless
-``TORCH_COMPILE_OPTIONAL_PARAMETERS`` says ``disable`` (or the forward takes strings).
+names with the TorchScript rules from the forward's signature, then compile
+(:mod:`..compiling`) unless ``TORCH_COMPILE_OPTIONAL_PARAMETERS`` says ``disable`` (or the
+forward takes strings); the instance's load-time warm-up compiles the graphs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from ...config import ModelConfig
 from ...requests import Value
 from ...runtime.devices import kind_model_placement, module_devices
 from ..base import Capabilities, LoadContext
-from ..torchscript.naming import (
+from ..binding.forward import (
     Binding,
     bind_inputs,
     bind_outputs,
@@ -27,9 +29,9 @@ from ..torchscript.naming import (
     pick_outputs,
     positional_args,
 )
+from ..compiling import CompileWatch, compile_forward
 from . import module as module_file
 from .compile_cache import OFF, PACKAGED, CompileCache, default_directory, key_parts
-from .compiled import CompileWatch, compile_module, warm_up
 from .signature import forward_signature, keyword_only, uses_strings
 
 
@@ -59,9 +61,10 @@ class EagerExecutor:
         self.compiled = False
         self.capabilities = Capabilities(shareable_module=module, devices=module_devices(module))
 
-    def use_compiled(self, compiled: Callable[..., Any]) -> None:
-        """Run ``compiled`` instead of the module from now on."""
-        self._call, self.compiled = compiled, True
+    def use_compiled(self, compiled: Callable[..., Any], watch: CompileWatch) -> None:
+        """Run ``compiled`` instead of the module from now on, watched by ``watch``."""
+        self._call, self.compiled, self.watch = compiled, True, watch
+        self.capabilities = dataclasses.replace(self.capabilities, compilation=watch)
 
     def run(self, inputs: Mapping[str, Value]) -> dict[str, Value]:
         if self.inputs.dict_input:
@@ -139,7 +142,8 @@ def _compile_cache(
 
 
 def load(context: LoadContext) -> EagerExecutor:
-    """The registry's factory: build the module, bind its names, compile and warm it up."""
+    """The registry's factory: build the module, bind its names, compile it (the load-time
+    warm-up then compiles its graphs and saves the compile cache)."""
     module, input_device = build_module(context)
     executor = EagerExecutor(context.config, module, input_device, context.params.method)
     options = context.params.torch_compile
@@ -152,17 +156,6 @@ def load(context: LoadContext) -> EagerExecutor:
             "specialises on Python strings: every new string would recompile); running eagerly"
         )
         return executor
-    context.log.info(f"torch.compile: options in effect {options.describe()}")
     cache = _compile_cache(context, module, input_device)
-    if cache is not None:
-        cache.restore()
-    executor.use_compiled(compile_module(context.config, executor.entry, options))
-    counters = executor.capabilities.counters
-    counters.warmup_seconds = warm_up(
-        context.config, context.params, executor.run, input_device, context.log
-    )
-    if cache is not None:
-        cache.save()
-    # from now on, a new graph is a recompilation
-    executor.watch = CompileWatch(context.log, counters)
+    compile_forward(context, executor, executor.entry, cache)
     return executor

@@ -1,6 +1,6 @@
 """A Python ``forward``'s argument names and types, in the TorchScript naming rules' terms.
 
-The type hints map onto the names :mod:`..torchscript.naming` checks: ``torch.Tensor`` ->
+The type hints map onto the names :mod:`..binding.forward` checks: ``torch.Tensor`` ->
 ``Tensor``, ``List[str]`` / ``list[str]`` -> ``List[str]``, ``Dict[str, Tensor]`` /
 ``dict[str, torch.Tensor]`` -> ``Dict[str, Tensor]``. An argument without a hint is taken to be a
 tensor (as upstream's runtime passes it one); a return without a hint is checked per call.
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ...config import ModelConfig
-from ..torchscript.naming import STRING_LIST, TENSOR, Signature
+from ..binding.forward import STRING_LIST, TENSOR, Signature
 
 _UNKNOWN = object()
 

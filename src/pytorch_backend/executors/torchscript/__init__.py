@@ -1,1 +1,1 @@
-"""TorchScript models (``model.pt``): argument binding and the executor."""
+"""TorchScript models (``model.pt``): the executor and its describer."""

@@ -11,44 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..description import DescribeContext, ModelIO, TensorIO, read_sidecar
+from ..binding.describe import signature_io
+from ..description import DescribeContext, ModelIO, read_sidecar
 from .executor import load_torchscript, script_method, signature_of
-from .naming import STRING_LIST, Signature
-
-
-def _string(names: tuple[str, ...], batching: bool | None, where: str) -> TensorIO:
-    if batching is None:
-        return TensorIO(names, "STRING", None, where=where)
-    if batching:
-        return TensorIO(names, "STRING", (1,), reshape=(), where=where)
-    return TensorIO(names, "STRING", (-1,), where=where)
-
-
-def signature_io(
-    signature: Signature, batching: bool, method: str = "forward"
-) -> tuple[tuple[TensorIO, ...], tuple[TensorIO, ...], str]:
-    """Inputs, outputs and the unknown-inputs note a method's signature gives (names, strings)."""
-    if len(signature.arg_types) == 1 and signature.arg_types[0].startswith("Dict["):
-        inputs: tuple[TensorIO, ...] = ()
-        unknown = (
-            f"{method} takes a single {signature.arg_types[0]} '{signature.arg_names[0]}': "
-            "declare one input per dictionary key"
-        )
-    else:
-        unknown = ""
-        inputs = tuple(
-            _string((name, f"INPUT__{i}"), batching, f"{method} argument '{name}'")
-            if kind == STRING_LIST
-            else TensorIO((name, f"INPUT__{i}"), where=f"{method} argument '{name}' ({kind})")
-            for i, (name, kind) in enumerate(zip(signature.arg_names, signature.arg_types))
-        )
-    outputs = tuple(
-        _string((f"OUTPUT__{i}",), batching, f"returned value {i}")
-        if kind == STRING_LIST
-        else TensorIO((f"OUTPUT__{i}",), where=f"returned value {i} ({kind})")
-        for i, kind in enumerate(signature.output_types or ())
-    )
-    return inputs, outputs, unknown
 
 
 def describe(context: DescribeContext) -> ModelIO:

@@ -17,10 +17,19 @@ from ...runtime.devices import kind_model_placement, module_devices
 from ...tracebacks import short_text
 from .. import artifacts
 from ..base import Capabilities, LoadContext
-from . import naming
-from .naming import Binding, Signature, bind_inputs, bind_outputs, pick_outputs, positional_args
+from ..binding.forward import (
+    Binding,
+    Signature,
+    bind_inputs,
+    bind_outputs,
+    describe,
+    pick_outputs,
+    positional_args,
+)
 
 _UNKNOWN_OP_RE = re.compile(r"Unknown builtin op: (\w+::\w+)")
+#: Warm-up runs per batch size: one profiled run, one that optimises, one optimised.
+TORCHSCRIPT_RUNS = 3
 
 
 def load_torchscript(
@@ -124,7 +133,11 @@ class TorchScriptExecutor:
         self.inputs: Binding = bind_inputs(config, self.signature, indexed_in)
         self.outputs: Binding = bind_outputs(config, self.signature, indexed_out)
         self._arg_count = len(self.signature.arg_names)
-        self.capabilities = Capabilities(shareable_module=module, devices=module_devices(module))
+        self.capabilities = Capabilities(
+            shareable_module=module,
+            devices=module_devices(module),
+            warmup_runs=TORCHSCRIPT_RUNS,  # the profiling executor re-optimises per shape
+        )
 
     def run(self, inputs: Mapping[str, Value]) -> dict[str, Value]:
         if self.inputs.dict_input:
@@ -135,7 +148,7 @@ class TorchScriptExecutor:
         return pick_outputs(self.outputs, values)  # type: ignore[return-value]
 
     def describe_bindings(self) -> list[str]:
-        lines = naming.describe(self.inputs, self.outputs)
+        lines = describe(self.inputs, self.outputs)
         return lines if self.method == "forward" else [*lines, f"serving method '{self.method}'"]
 
 

@@ -1,8 +1,9 @@
-"""Names of an AOT-Inductor package's inputs and outputs, derived from its pytree call spec.
+"""Names of a ``.pt2``'s inputs and outputs, derived from its pytree call spec.
 
-An AOTI package records ``(in_spec, out_spec)``: the pytree structure of ``((args...), {kwargs})``
-and of the returned value. The runner consumes and produces the *flattened leaves*. Every leaf gets
-two names:
+Shared by AOT-Inductor packages (``aoti/``) and torch.export programs (``export/``). Both
+record ``(in_spec, out_spec)``: the pytree structure of ``((args...), {kwargs})`` and of the
+returned value. The runner consumes and produces the *flattened leaves*. Every leaf gets two
+names:
 
 * forward-based: ``ARGS[i]``, ``ARGS[i][key]``, ``ARGS[i][j]``, ``KWARGS[key]``, ``KWARGS[key][j]``,
   ``RESULT`` (a single-tensor output), ``RESULT[i]``, ``RESULT[key]``, ``RESULT[key][j]`` ...

@@ -4,12 +4,14 @@ Loading (:func:`load`): ``torch.export.load``, name the call spec's leaves exact
 AOT-Inductor packages (``ARGS[i]``, ``KWARGS[k]``, ``RESULT[k][j]``, ordinal ``INPUT__N`` /
 ``OUTPUT__N``), check every input's dtype and fixed dims and every bound output's dtype against the
 graph's own metadata, read the batch range from the program's ``range_constraints`` (no probing),
-then ``.module()``, compiled and warmed up unless ``TORCH_COMPILE_OPTIONAL_PARAMETERS`` says
-``disable``. Batches below the exported minimum are padded by repeating the last row.
+then ``.module()``, compiled (:mod:`..compiling`; the instance's load-time warm-up compiles the
+graphs) unless ``TORCH_COMPILE_OPTIONAL_PARAMETERS`` says ``disable``. Batches below the
+exported minimum are padded by repeating the last row (:mod:`..padding`, which counts them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,15 +25,16 @@ from ...config.dtypes import TRITON_TO_TORCH, triton_name
 from ...errors import ExecutionError
 from ...requests import Value
 from .. import artifacts
-from ..aoti.callspec import (
+from ..base import Capabilities, LoadContext
+from ..binding.callspec import (
     CallSpec,
     CallSpecError,
     describe_bindings,
     parse_call_spec,
     resolve_bindings,
 )
-from ..base import Capabilities, LoadContext
-from .compiled import CompileWatch, compile_module, warm_up
+from ..compiling import CompileWatch, compile_forward
+from ..padding import BatchPadding
 
 
 def load_program(config: ModelConfig, path: Path) -> torch.export.ExportedProgram:
@@ -94,6 +97,7 @@ class ExportedProgramExecutor:
             devices=(self.input_device,),
             batch_range=self.batch_range,
         )
+        self._padding = BatchPadding(self.capabilities)
 
     def _check_inputs(self, metas: list[Any]) -> None:
         offset = 1 if self.config.batching else 0
@@ -169,8 +173,10 @@ class ExportedProgramExecutor:
             )
         return max(low, 1), high
 
-    def use_compiled(self, compiled: Callable[..., Any]) -> None:
-        self._call, self.compiled = compiled, True
+    def use_compiled(self, compiled: Callable[..., Any], watch: CompileWatch) -> None:
+        """Run ``compiled`` instead of the program's module from now on, watched by ``watch``."""
+        self._call, self.compiled, self.watch = compiled, True, watch
+        self.capabilities = dataclasses.replace(self.capabilities, compilation=watch)
 
     def run(self, inputs: Mapping[str, Value]) -> dict[str, Value]:
         flat: list[torch.Tensor] = []
@@ -179,14 +185,7 @@ class ExportedProgramExecutor:
             if not isinstance(value, torch.Tensor):
                 raise ExecutionError(f"input '{name}' is missing or not a tensor")
             flat.append(value)
-        batch = flat[0].shape[0] if self.batch_range is not None and flat[0].dim() else 0
-        pad = (
-            self.batch_range[0] - batch
-            if self.batch_range and 0 < batch < self.batch_range[0]
-            else 0
-        )
-        if pad:
-            flat = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in flat]
+        flat, keep = self._padding.to_minimum(flat)
         args, kwargs = pytree.tree_unflatten(flat, self.in_spec)
         leaves = pytree.tree_leaves(self._call(*args, **kwargs))
         if self.watch is not None:
@@ -194,7 +193,7 @@ class ExportedProgramExecutor:
         result: dict[str, Value] = {}
         for name, index in self.bindings.outputs.items():
             value = leaves[index]
-            result[name] = value[:batch] if pad else value
+            result[name] = BatchPadding.trim(value, keep)
         return result
 
     def describe_bindings(self) -> list[str]:
@@ -217,19 +216,13 @@ def _place(
 
 
 def load(context: LoadContext) -> ExportedProgramExecutor:
-    """The registry's factory: load, name, check, then compile and warm up."""
+    """The registry's factory: load, name, check, then compile (the load-time warm-up then
+    compiles the graphs)."""
     config = context.config
     program = _place(load_program(config, context.path), context.device)
     executor = ExportedProgramExecutor(config, program, context.device)
-    options = context.params.torch_compile
-    if options.disabled:
+    if context.params.torch_compile.disabled:
         context.log.info("torch.compile: disabled (program.module() runs as exported)")
         return executor
-    context.log.info(f"torch.compile: options in effect {options.describe()}")
-    executor.use_compiled(compile_module(config, executor.module, options))
-    counters = executor.capabilities.counters
-    counters.warmup_seconds = warm_up(
-        config, context.params, executor.run, executor.input_device, context.log
-    )
-    executor.watch = CompileWatch(context.log, counters)
+    compile_forward(context, executor, executor.module)
     return executor

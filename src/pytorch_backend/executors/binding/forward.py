@@ -1,10 +1,12 @@
-"""How config input/output names bind to a TorchScript model's forward arguments and outputs.
+"""How config input/output names bind to a forward's arguments and returned values.
 
-The official C++ backend's rules (README, "TorchScript models"), with their gaps closed:
-inputs bind by forward-argument name when every config name is one; else by ``<name>__<index>``
-when every name has that form (indices validated: in range, no duplicates); else by config order.
-A lone ``Dict[str, Tensor]`` argument receives every input keyed by its config name.
-Outputs bind by ``<name>__<index>`` when every output has that form, else by config order.
+One set of rules for every kind that calls a forward with a signature (TorchScript modules, from
+their schema; nn.Modules, from the Python signature: ``eager/signature.py``), as this
+repository's README states them under "TorchScript models": inputs bind by forward-argument name
+when every config name is one; else by ``<name>__<index>`` when every name has that form
+(indices validated: in range, no duplicates); else by config order. A lone ``Dict[str, Tensor]``
+argument receives every input keyed by its config name. Outputs bind by ``<name>__<index>`` when
+every output has that form, else by config order.
 """
 
 from __future__ import annotations

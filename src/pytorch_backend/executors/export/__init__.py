@@ -1,0 +1,1 @@
+"""torch.export programs (``.pt2`` from ``torch.export.save``): the executor and its describer."""
