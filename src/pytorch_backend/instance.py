@@ -52,6 +52,7 @@ from .runtime.output_shapes import OutputShapes
 from .runtime.report import EffectiveSettings, effective_lines
 from .runtime.settings import RuntimeSettings, apply_runtime_settings
 from .runtime.staging import PinnedStaging
+from .runtime.thread_choice import choose_after_warm_up
 from .runtime.trust import check_model_files
 from .runtime.warmup import warm_up, warmup_buckets
 from .sequence_state import SequenceStates
@@ -203,6 +204,10 @@ def _build(
     forwards = WarmupForwards()  # what the warm-up measured, for ENABLE_CANCELLATION_CHECK
     warmup_hooks = Hooks([*base_hooks.hooks, forwards])
     _warm_up(config, executor, warmup_hooks, buckets, log, staging, output_shapes)
+    warm = InferenceEngine(config, executor, base_hooks, log, staging, output_shapes).infer
+    settings = choose_after_warm_up(
+        settings, config, buckets, executor.capabilities.warmup_shapes, warm
+    )
     graphs = Decision(graphs.value, graphs.value.seal()) if graphs.value else graphs
     sequences = sequence_states(config, args.model_dir, executor.input_device, log)
     if sequences is not None and hook is not None:

@@ -75,10 +75,15 @@ def intra_op_threads(e: EffectiveSettings) -> str:
     if e.settings.thread_budget is not None:
         instances = max(1, e.cpu_instances)
         plural = "s" if instances > 1 else ""
-        return (
-            f"{threads} (not given: ({e.settings.cpus} CPUs - {SERVER_CPUS} for the server) "
-            f"/ {instances} CPU instance{plural})"
+        budget = f"({e.settings.cpus} CPUs - {SERVER_CPUS} for the server) / {instances} CPU " + (
+            f"instance{plural}"
         )
+        if e.settings.thread_choice is not None:
+            return (
+                f"{threads} (not given: chosen at warm-up between {budget} and "
+                f"{e.settings.cpus} CPUs / {instances}: {e.settings.thread_choice})"
+            )
+        return f"{threads} (not given: {budget})"
     return f"{threads} (not given, torch default)"
 
 

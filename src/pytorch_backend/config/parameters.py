@@ -156,8 +156,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "INTRA_OP_THREAD_COUNT",
         "`torch.set_num_threads(n)`; `0`: torch's default (one per CPU). Unset, a KIND_CPU "
-        "instance gets max(1, (allowed CPUs − 1) ÷ CPU instances): one CPU is left to the "
-        "server, and instances do not oversubscribe (see Threads)",
+        "instance gets max(1, (allowed CPUs − 1) ÷ CPU instances), one CPU left to the server, "
+        "or its whole share (CPUs ÷ CPU instances) when the warm-up measures a compute-bound "
+        "forward that runs faster with it (see Threads)",
         "unset",
         "intra_op_thread_count",
         parse_thread_count,

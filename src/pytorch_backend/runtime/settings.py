@@ -39,6 +39,8 @@ class RuntimeSettings:
     tensor_fuser: bool | None
     cache_cleaning: bool  # torch.cuda.empty_cache() runs after each execute
     custom_op_libraries: tuple[str, ...]
+    #: Why the warm-up chose ``intra_op_threads`` over the budget (``runtime.thread_choice``).
+    thread_choice: str | None = None
 
 
 def available_cpus() -> int:

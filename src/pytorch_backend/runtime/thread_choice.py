@@ -19,11 +19,18 @@ choice and both times are logged at load.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from ..config import ModelConfig
+from ..errors import PyTorchBackendError
+from ..requests import Outcome, RequestInputs
+from .settings import RuntimeSettings
+from .warmup import warmup_request
 
 #: A forward at the largest warm-up batch this long, with the budget's threads, is compute-bound
 #: enough for more threads to pay: the server's own work per execute is well under a millisecond.
@@ -86,3 +93,39 @@ def choose_threads(
         return ThreadChoice(most, f"compute-bound: {measured}")
     torch.set_num_threads(budget)
     return ThreadChoice(budget, f"more threads do not pay here: {measured}, under {MIN_SPEEDUP}x")
+
+
+def choose_after_warm_up(
+    settings: RuntimeSettings,
+    config: ModelConfig,
+    buckets: Sequence[int | None],
+    shapes: Mapping[str, tuple[int, ...]],
+    infer: Callable[[list[RequestInputs]], list[Outcome]],
+) -> RuntimeSettings:
+    """The settings with the intra-op threads chosen on the largest warm-up bucket.
+
+    Unchanged where no budget applied (a thread parameter given, not KIND_CPU), the warm-up did
+    not run, or the budget already has every CPU of this instance's share. ``infer``: the
+    instance's engine without metrics; a run that fails (the model may reject zeros) keeps the
+    budget.
+    """
+    budget = settings.thread_budget
+    most = max(1, settings.cpus // max(1, config.cpu_instance_count))
+    if budget is None or not buckets or most <= budget:
+        return settings
+    batch = buckets[-1]
+    request = warmup_request(config, batch, shapes)
+
+    def run() -> None:
+        outcome = infer([request])[0]
+        if isinstance(outcome, PyTorchBackendError):
+            raise outcome
+
+    try:
+        choice = choose_threads(run, budget, most, batch)
+    except PyTorchBackendError as error:
+        torch.set_num_threads(budget)
+        choice = ThreadChoice(budget, f"kept: the measuring run failed ({error})")
+    return dataclasses.replace(
+        settings, intra_op_threads=torch.get_num_threads(), thread_choice=choice.reason
+    )
