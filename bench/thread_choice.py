@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def write_repository(root: Path, models: list[str]) -> Path:
             name = f"{key}_{threads}"
             (repo / name / "1").mkdir(parents=True)
             (repo / name / "config.pbtxt").write_text(config(name, model, threads))
-            (repo / name / "1" / "model.pt").symlink_to(artifact)
+            shutil.copyfile(artifact, repo / name / "1" / "model.pt")
     return repo
 
 
