@@ -8,8 +8,10 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from .errors import ToolError
 
-class PackageError(Exception):
+
+class PackageError(ToolError):
     """Packaging failed; nothing was written."""
 
 
