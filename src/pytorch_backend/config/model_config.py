@@ -42,10 +42,6 @@ class ModelConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
 
     @property
-    def sequence_batching(self) -> bool:
-        return self.sequence is not None
-
-    @property
     def batching(self) -> bool:
         return self.max_batch_size > 0
 
