@@ -13,7 +13,7 @@ from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.executors.base import Capabilities
 from pytorch_backend.instance import build_instance
 from pytorch_backend.runtime import warmup
-from tests.unit.test_instance import Sink, args, io, ts_config, ts_repo
+from tests.unit.builders import Sink, args, io, ts_config, ts_repo
 
 
 def config(max_batch_size: int, preferred=None, inputs=None, **fields):
