@@ -3,9 +3,9 @@
 :func:`build_instance` reads as the list of load phases, in order: parse the config and its
 parameters, pick the device, apply the torch settings, resolve the model kind and its artifact,
 load the executor through the registry (its output shapes at load go to the instance's
-output-shape check), share weights, assemble the hooks (metrics among them) and the engine, log
-what was done. Nothing here touches Triton, so every phase is unit-tested
-with plain torch.
+output-shape check), share weights, assemble the hooks (metrics among them) and the engine, warm
+up, assemble the request stages (:mod:`.stages`), log what was done. Nothing here touches
+Triton, so every phase is unit-tested with plain torch.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from .config import (
     parse_model_config,
     parse_parameters,
 )
+from .config.decision import Decision
 from .config.parameters import BY_KEY
 from .engine import InferenceEngine
-from .errors import PyTorchBackendError, Unavailable
+from .errors import PyTorchBackendError
 from .executors.base import Executor, LoadContext
 from .executors.registry import REGISTRY, resolve_model
 from .hooks import Hook, Hooks
@@ -46,7 +47,6 @@ from .runtime.execution import (
     StickyErrorWatch,
     StreamHook,
     stop_server,
-    unavailable_message,
 )
 from .runtime.output_shapes import OutputShapes
 from .runtime.report import EffectiveSettings, effective_lines
@@ -54,7 +54,11 @@ from .runtime.settings import RuntimeSettings, apply_runtime_settings
 from .runtime.staging import PinnedStaging
 from .runtime.trust import check_model_files
 from .runtime.warmup import warm_up, warmup_buckets
-from .sequence_state import SequenceStates, load_initial_states
+from .sequence_state import SequenceStates
+from .stages import Stages, request_stages
+from .stages.cancellation import WarmupForwards
+from .stages.sequence import sequence_states
+from .stages.sticky import StickyStage
 
 
 @dataclass(frozen=True)
@@ -96,27 +100,40 @@ class Instance:
     executor: Executor
     engine: InferenceEngine
     log: InstanceLog
+    stages: Stages  # per request, before the engine: cancellation, sticky error, sequence state
     shared_weights: Any | None = None  # runtime.weight_sharing.SharedWeightsInfo
     metrics: MetricsHook | None = None  # None: ENABLE_METRICS false or no metrics API
-    sticky: StickyErrorWatch | None = None
     sequences: SequenceStates | None = None  # models with sequence_batching state
+
+    def __post_init__(self) -> None:
+        self._sticky = next(s for s in self.stages.stages if isinstance(s, StickyStage))
+
+    @property
+    def sticky(self) -> StickyErrorWatch:
+        """The forward hook that detects sticky CUDA errors (its stage refuses requests)."""
+        return self._sticky.watch
+
+    @sticky.setter
+    def sticky(self, watch: StickyErrorWatch) -> None:
+        self._sticky.watch = watch
 
     @property
     def ready(self) -> bool:
         """False once a sticky CUDA error made the instance unusable (``is_ready``)."""
-        return self.sticky is None or self.sticky.error is None
+        return self.sticky.error is None
 
     def infer(self, requests: Sequence[RequestInputs | PyTorchBackendError]) -> list[Outcome]:
-        if self.sticky is not None and self.sticky.error is not None:
-            error = Unavailable(unavailable_message(self.sticky.error))
-            requests = [r if isinstance(r, PyTorchBackendError) else error for r in requests]
-        if self.sequences is not None:
-            return self.sequences.infer(requests, self.engine.infer)
-        return self.engine.infer(requests)
+        """One outcome per request, in order: through the stages, the engine, and back."""
+        return self.stages.run(requests, self.engine.infer)
 
     def executing(self) -> AbstractContextManager[None]:
         """Around one execute (the adapter's): metrics flush between executes, never during."""
         return self.metrics.executing() if self.metrics is not None else nullcontext()
+
+    def requests_read(self, nanoseconds: int) -> None:
+        """The adapter reports how long reading the last execute's requests took."""
+        if self.metrics is not None:
+            self.metrics.steps.read += nanoseconds
 
     def responded(self, nanoseconds: int) -> None:
         """The adapter reports how long building the last execute's responses took."""
@@ -173,18 +190,24 @@ def _build(
     executor = REGISTRY[kind].load(LoadContext(config, path, device, log, params))
     output_shapes = OutputShapes(config, log, params.output_shape_check)
     output_shapes.at_load(executor.capabilities.load_run)
-    shared, sharing = _share_weights(
-        params, args, kind, path, device, executor, log, config.cpu_instance_count
-    )
+    sharing = _share_weights(config, params, args, kind, path, device, executor, log)
     sticky = StickyErrorWatch(_on_sticky_error(params, log), _cuda_devices(device, executor))
-    metrics, metrics_state = _metrics(registry, config, params, args, log, device, executor)
-    hooks = _hooks(params, settings, device, executor, sticky, metrics)
-    executor, graphs = _cuda_graphs(params, kind, device, executor, buckets, log)
+    metrics = _metrics(registry, config, params, args, log, device, executor)
+    hook = metrics.value
+    hooks = _hooks(params, settings, device, executor, sticky, hook)
+    graphs = _cuda_graphs(params, kind, device, executor, buckets, log)
+    executor = graphs.value or executor
     staging = _staging(executor)
     engine = InferenceEngine(config, executor, hooks, log, staging, output_shapes)
-    _warm_up(config, kind, executor, hooks, buckets, log, staging, output_shapes)
-    cuda_graphs = graphs.seal() if isinstance(graphs, GraphExecutor) else graphs
-    sequences = _sequences(config, args, executor, log, metrics)
+    forwards = WarmupForwards()  # what the warm-up measured, for ENABLE_CANCELLATION_CHECK
+    warmup_hooks = Hooks([*hooks.hooks, forwards])
+    _warm_up(config, kind, executor, warmup_hooks, buckets, log, staging, output_shapes)
+    graphs = Decision(graphs.value, graphs.value.seal()) if graphs.value else graphs
+    sequences = sequence_states(config, args.model_dir, executor.input_device, log)
+    if sequences is not None and hook is not None:
+        hook.watch_sequences(sequences.live)
+    steps = hook.steps if hook is not None else None
+    stages, cancellation = request_stages(params, forwards.fastest, sticky, sequences, steps)
     effective = EffectiveSettings(
         params,
         settings,
@@ -192,9 +215,10 @@ def _build(
         config.cpu_instance_count,
         sharing,
         kind,
-        metrics=metrics_state,
+        metrics=metrics,
         warmup=buckets,
-        cuda_graphs=cuda_graphs,
+        cuda_graphs=graphs,
+        cancellation_check=cancellation,
     )
     for line in effective_lines(effective):
         log.info(line)
@@ -203,34 +227,8 @@ def _build(
     for line in executor.describe_bindings():
         log.info(line)
     return Instance(
-        config, params, kind, device, executor, engine, log, shared, metrics, sticky, sequences
+        config, params, kind, device, executor, engine, log, stages, sharing.value, hook, sequences
     )
-
-
-def _sequences(
-    config: ModelConfig,
-    args: InstanceArgs,
-    executor: Executor,
-    log: InstanceLog,
-    metrics: MetricsHook | None,
-) -> SequenceStates | None:
-    """The per-sequence state store of a model with ``sequence_batching`` state (else None)."""
-    sequence = config.sequence
-    if sequence is None:
-        return None
-    log.info(
-        f"sequence_batching: {sequence.strategy}, controls "
-        f"{[f'{c.kind}={c.name}' for c in sequence.controls]}, states "
-        f"{[f'{s.input_name}->{s.output_name}' for s in sequence.states]}, idle "
-        f"{sequence.max_idle_us} us"
-    )
-    if not sequence.states:
-        return None
-    initial = load_initial_states(config, args.model_dir)
-    states = SequenceStates(config, initial, executor.input_device, log)
-    if metrics is not None:
-        metrics.watch_sequences(states.live)
-    return states
 
 
 def _cuda_graphs(
@@ -240,15 +238,15 @@ def _cuda_graphs(
     executor: Executor,
     buckets: list[int | None],
     log: InstanceLog,
-) -> tuple[Executor, GraphExecutor | str]:
+) -> Decision[GraphExecutor | None]:
     """``CUDA_GRAPHS``: the executor wrapped to capture during the warm-up, or why not."""
     if not params.cuda_graphs or kind not in BY_KEY["CUDA_GRAPHS"].applies_to:
-        return executor, "false"
+        return Decision.off()
     reason = cuda_graphs_unsupported(device, executor.input_device, params.warmup)
     if reason is not None or device is None:
-        return executor, f"true, no effect: {reason}"
+        return Decision.no_effect(str(reason))
     graphs = GraphExecutor(executor, buckets, CudaGraphBackend(device), log.warn)
-    return graphs, graphs
+    return Decision.on(graphs, "capturing during the warm-up")
 
 
 def _staging(executor: Executor) -> PinnedStaging | None:
@@ -295,6 +293,7 @@ def _parameters(config: ModelConfig, args: InstanceArgs, log: InstanceLog) -> Ba
 
 
 def _share_weights(
+    config: ModelConfig,
     params: BackendParameters,
     args: InstanceArgs,
     kind: ModelKind,
@@ -302,15 +301,14 @@ def _share_weights(
     device: torch.device | None,
     executor: Executor,
     log: InstanceLog,
-    cpu_instances: int,
-) -> tuple[Any | None, str]:
-    """``ENABLE_WEIGHT_SHARING``, decided here only: the shared weights and the logged value.
+) -> Decision[Any | None]:
+    """``ENABLE_WEIGHT_SHARING``, decided here only: the shared weights, or why none.
 
-    The instance that brings the count of mappers to ``cpu_instances`` unlinks the file, so it
-    cannot outlive the server however the instances stop.
+    The instance that brings the count of mappers to the model's CPU instance count unlinks the
+    file, so it cannot outlive the server however the instances stop.
     """
     if not params.enable_weight_sharing:
-        return None, "false"
+        return Decision.off()
     module = executor.capabilities.shareable_module
     if device is None:
         reason = "KIND_MODEL instances keep the devices the model chose"
@@ -326,10 +324,10 @@ def _share_weights(
 
         key = weights_key(log.model, args.version, path)
         shared = share_module_weights(
-            module, key, log=log.info, warn=log.warn, instances=cpu_instances or None
+            module, key, log=log.info, warn=log.warn, instances=config.cpu_instance_count or None
         )
-        return shared, "true"
-    return None, f"true, no effect: {reason}"
+        return Decision.on(shared)
+    return Decision.no_effect(reason)
 
 
 def _on_sticky_error(params: BackendParameters, log: InstanceLog) -> Callable[[str], None]:
@@ -359,12 +357,12 @@ def _metrics(
     log: InstanceLog,
     device: torch.device | None,
     executor: Executor,
-) -> tuple[MetricsHook | None, str]:
-    """``ENABLE_METRICS``, decided here only: the metrics hook and the logged value."""
+) -> Decision[MetricsHook | None]:
+    """``ENABLE_METRICS``, decided here only: the metrics hook, or why none."""
     if not params.enable_metrics:
-        return None, "false"
+        return Decision.off()
     if registry is None:
-        return None, "true, no effect: this server has no custom metrics API (MetricFamily)"
+        return Decision.no_effect("this server has no custom metrics API (MetricFamily)")
     labels = series_labels(log.model, args.version, log.instance or "")
     hook = MetricsHook(
         registry,
@@ -373,7 +371,7 @@ def _metrics(
         counters=executor.capabilities.counters,
         cuda_devices=_cuda_devices(device, executor),
     )
-    return hook, "true"
+    return Decision.on(hook)
 
 
 def _hooks(
@@ -381,11 +379,11 @@ def _hooks(
     settings: RuntimeSettings,
     device: torch.device | None,
     executor: Executor,
-    sticky: StickyErrorWatch | None = None,
+    sticky: StickyErrorWatch,
     metrics: MetricsHook | None = None,
 ) -> Hooks:
     # The sticky-error watch is outermost: errors surface at the stream's synchronisation too.
-    hooks: list[Hook] = [sticky] if sticky is not None else []  # every instance has one
+    hooks: list[Hook] = [sticky]
     # KIND_MODEL: one stream per GPU the model's tensors live on (none on CPU).
     stream = InstanceStream(device if device is not None else executor.capabilities.devices)
     if stream.enabled:
@@ -394,7 +392,7 @@ def _hooks(
     if settings.cache_cleaning:
         hooks.append(CacheCleaningHook())
     if metrics is not None:  # last: it reads CUDA memory after the cache was cleaned
-        if sticky is not None and sticky.devices:  # the series exists for GPU instances
+        if sticky.devices:  # the series exists for GPU instances
             metrics.watch_sticky_error(lambda: sticky.error is not None)
         hooks.append(metrics)
     return Hooks(hooks)

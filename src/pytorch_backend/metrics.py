@@ -22,28 +22,19 @@ with ``le``, ``_sum``, ``_count``): the server's native HISTOGRAM costs one call
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import enum
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from .errors import error_kinds
 from .executors.base import ExecutorCounters
 from .hooks import ExecuteStats, Hook
-
-
-class MetricKind(enum.Enum):
-    COUNTER = "counter"
-    GAUGE = "gauge"
-    HISTOGRAM = "histogram"
-
+from .metric_series import Gauge, Histogram, MetricKind, MetricSpec, Registry, Sum
+from .step_times import STEPS, StepTimes
 
 #: The labels of every series (not ``instance``: Prometheus sets that to the scraped target and
 #: would rename ours to ``exported_instance``). ``pid`` keeps a reloaded instance's series apart
@@ -62,17 +53,6 @@ def series_labels(model: str, version: str, instance: str) -> dict[str, str]:
     """:data:`LABELS` for an instance served by this process."""
     return {"model": model, "version": version, "model_instance": instance,
             "pid": str(os.getpid())}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """One metric family."""
-
-    name: str
-    kind: MetricKind
-    help: str  # the Prometheus HELP text, and the README's meaning
-    labels: tuple[str, ...] = ()  # beyond LABELS
-    exists: str = "every model"  # where the series exist (README)
 
 
 ANSWERED = MetricSpec(
@@ -156,6 +136,14 @@ CUDA_RESERVED = MetricSpec(
     ("device",),
     "GPU instances",
 )
+STEP_SECONDS = MetricSpec(
+    "pytorch_backend_execute_step_seconds_total",
+    MetricKind.COUNTER,
+    "Time spent per step of the executions: read (Triton tensors to torch), cancel_check, "
+    "prepare (validate, gather), forward, split (check and split the outputs), respond (build "
+    "the responses), metrics (this backend's metrics work at the end of an execution)",
+    ("step",),
+)
 STICKY = MetricSpec(
     "pytorch_backend_cuda_sticky_error",
     MetricKind.GAUGE,
@@ -165,23 +153,8 @@ STICKY = MetricSpec(
 )
 
 METRICS: tuple[MetricSpec, ...] = (ANSWERED, FAILED, FORWARDS, ROWS, PADDED, PREPARE, FORWARD,
-                                   RESPOND, LOAD, WARMUP, RECOMPILATIONS, SEQUENCES,
+                                   RESPOND, STEP_SECONDS, LOAD, WARMUP, RECOMPILATIONS, SEQUENCES,
                                    CUDA_ALLOCATED, CUDA_RESERVED, STICKY)  # fmt: skip
-
-
-class Counter(Protocol):
-    def increment(self, value: float) -> None: ...
-
-
-class Gauge(Protocol):
-    def set(self, value: float) -> None: ...
-
-
-class Registry(Protocol):
-    """Creates one series of a family (``pb_utils.MetricFamily(...).Metric(labels=...)``)."""
-
-    def counter(self, spec: MetricSpec, labels: Mapping[str, str]) -> Counter: ...
-    def gauge(self, spec: MetricSpec, labels: Mapping[str, str]) -> Gauge: ...
 
 
 def row_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -202,55 +175,6 @@ def markdown_table() -> str:
         cells = (f"`{spec.name}`", spec.kind.value, spec.help, extra, spec.exists)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-class _Sum:
-    """A counter's increments since the last flush."""
-
-    __slots__ = ("pending", "series")
-
-    def __init__(self, series: Counter) -> None:
-        self.series, self.pending = series, 0.0
-
-    def flush(self) -> None:
-        pending, self.pending = self.pending, 0.0
-        if pending:
-            self.series.increment(pending)
-
-
-class _Histogram:
-    """A classic histogram as counters: cumulative ``_bucket{le}``, ``_sum`` and ``_count``."""
-
-    __slots__ = ("bounds", "counts", "parts", "total")
-
-    def __init__(self, registry: Registry, spec: MetricSpec, labels: Mapping[str, str],
-                 bounds: Sequence[float]) -> None:  # fmt: skip
-        def counter(suffix: str, what: str, **extra: str) -> _Sum:
-            part = MetricSpec(spec.name + suffix, MetricKind.COUNTER, f"{spec.help} ({what})")
-            return _Sum(registry.counter(part, {**labels, **extra}))
-
-        self.bounds = tuple(bounds)
-        les = [*(f"{b:g}" for b in self.bounds), "+Inf"]
-        self.parts = [counter("_bucket", "cumulative count per bucket", le=le) for le in les]
-        self.parts += [counter("_sum", "sum"), counter("_count", "count")]
-        self.counts = [0] * len(les)  # per bucket, not cumulative, since the last flush
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def flush(self) -> None:
-        counts, self.counts = self.counts, [0] * len(self.counts)
-        total, self.total = self.total, 0.0
-        running = 0
-        for count, part in zip(counts, self.parts):
-            running += count
-            part.pending += running
-        self.parts[-2].pending += total
-        self.parts[-1].pending += running
-        for part in self.parts:
-            part.flush()
 
 
 class MetricsHook(Hook):
@@ -274,19 +198,24 @@ class MetricsHook(Hook):
     ) -> None:
         self.registry, self.labels, self.counters = registry, dict(labels), counters
         self._lock = threading.Lock()
-        self._answered = _Sum(registry.counter(ANSWERED, labels))
+        self._answered = Sum(registry.counter(ANSWERED, labels))
         self._failed = {
-            kind: _Sum(registry.counter(FAILED, {**labels, "kind": kind})) for kind in ERROR_KINDS
+            kind: Sum(registry.counter(FAILED, {**labels, "kind": kind})) for kind in ERROR_KINDS
         }
-        self._forwards = _Sum(registry.counter(FORWARDS, labels))
+        self._forwards = Sum(registry.counter(FORWARDS, labels))
         batching = max_batch_size > 0
-        rows = _Histogram(registry, ROWS, labels, row_buckets(max_batch_size)) if batching else None
+        rows = Histogram(registry, ROWS, labels, row_buckets(max_batch_size)) if batching else None
         self._rows = rows
-        self._padded = _Sum(registry.counter(PADDED, labels)) if batching else None
-        self._prepare = _Histogram(registry, PREPARE, labels, TIME_BUCKETS)
-        self._forward = _Histogram(registry, FORWARD, labels, TIME_BUCKETS)
-        self._respond = _Histogram(registry, RESPOND, labels, TIME_BUCKETS)
-        self._recompilations = _Sum(registry.counter(RECOMPILATIONS, labels))
+        self._padded = Sum(registry.counter(PADDED, labels)) if batching else None
+        self._prepare = Histogram(registry, PREPARE, labels, TIME_BUCKETS)
+        self._forward = Histogram(registry, FORWARD, labels, TIME_BUCKETS)
+        self._respond = Histogram(registry, RESPOND, labels, TIME_BUCKETS)
+        self._recompilations = Sum(registry.counter(RECOMPILATIONS, labels))
+        #: Nanoseconds per execute step, added to by the adapter and the stages too.
+        self.steps = StepTimes()
+        self._step_sums = {
+            step: Sum(registry.counter(STEP_SECONDS, {**labels, "step": step})) for step in STEPS
+        }
         self._seen_padded = counters.padded_rows
         self._seen_recompilations = counters.recompilations
         self._pending_split_ns: int | None = None
@@ -300,6 +229,7 @@ class MetricsHook(Hook):
         ]
         self._sums = [self._answered, *self._failed.values(), self._forwards, self._recompilations]
         self._sums += [self._padded] if self._padded is not None else []
+        self._sums += self._step_sums.values()
         self._histograms = [h for h in (rows, self._prepare, self._forward, self._respond) if h]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -320,6 +250,7 @@ class MetricsHook(Hook):
         with self._lock:
             split, self._pending_split_ns = self._pending_split_ns, None
             self._respond.observe(((split or 0) + nanoseconds) / 1e9)
+            self.steps.respond += nanoseconds
 
     def watch_sequences(self, live: Callable[[], int]) -> None:
         """Report ``live()`` (sequences held) as a gauge at every flush."""
@@ -332,6 +263,7 @@ class MetricsHook(Hook):
     # -- the hook -----------------------------------------------------------------------------
 
     def after_execute(self, stats: ExecuteStats) -> None:
+        start = time.perf_counter_ns()
         if self._pending_split_ns is not None:  # the adapter did not report the last respond
             self.responded(0)
         with self._lock:
@@ -345,6 +277,11 @@ class MetricsHook(Hook):
                     self._rows.observe(stats.rows)
             self._prepare.observe(stats.prepare_ns / 1e9)
             self._pending_split_ns = stats.split_ns
+            steps = self.steps
+            steps.prepare += stats.prepare_ns
+            steps.forward += stats.forward_ns
+            steps.split += stats.split_ns
+            steps.metrics += time.perf_counter_ns() - start
 
     # -- flushing -----------------------------------------------------------------------------
 
@@ -354,7 +291,9 @@ class MetricsHook(Hook):
         with self._serving:
             yield
             if time.monotonic() - self._flushed_at >= self._interval:
+                start = time.perf_counter_ns()
                 self.flush()
+                self.steps.metrics += time.perf_counter_ns() - start
 
     def flush(self) -> None:
         """Send what changed since the last flush to the registry (one call per changed series)."""
@@ -367,6 +306,8 @@ class MetricsHook(Hook):
             if self._padded is not None:
                 self._padded.pending += padded
             self._recompilations.pending += recompiled
+            for step, nanoseconds in self.steps.take().items():
+                self._step_sums[step].pending += nanoseconds / 1e9
             for sums in self._sums:
                 sums.flush()
             for histogram in self._histograms:

@@ -29,11 +29,32 @@ def _use_utf8_locale() -> None:
             continue
 
 
+def _watch_for_orphaning(only_in_a_stub: bool = False) -> None:
+    """End this stub promptly if its tritonserver dies (``runtime.orphan``; idempotent).
+
+    ``only_in_a_stub``: do nothing unless this process is a Python-backend stub (at import).
+    """
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            argv = [part.decode(errors="replace") for part in f.read().split(b"\0")]
+    except OSError:
+        argv = []
+    region = orphan.stub_shm_region(argv)
+    if region is not None or not only_in_a_stub:
+        orphan.watch(region)
+
+
 _use_utf8_locale()
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 try:
+    from pytorch_backend.runtime import orphan
+
+    # From import on, before torch: on a busy machine a stub can spend minutes importing it,
+    # and a stub whose server dies meanwhile must not linger either.
+    _watch_for_orphaning(only_in_a_stub=True)
+
     import torch
 
     from pytorch_backend import logs
@@ -47,7 +68,6 @@ try:
     )
     from pytorch_backend.instance import Instance, InstanceArgs, build_instance
     from pytorch_backend.requests import RequestInputs, SequenceId
-    from pytorch_backend.runtime import orphan
     from pytorch_backend.strings import decode_strings, encode_strings
 except ImportError as exc:  # pragma: no cover - only reachable inside a misconfigured stub
     raise ImportError(
@@ -122,22 +142,6 @@ class _TritonMetrics:
         self._families.clear()  # after the instance dropped its series, as the API requires
 
 
-def _watch_for_orphaning() -> None:
-    """End this stub promptly if its tritonserver dies (``runtime.orphan``)."""
-    try:
-        with open("/proc/self/cmdline", "rb") as f:
-            argv = [part.decode(errors="replace") for part in f.read().split(b"\0")]
-    except OSError:
-        argv = []
-    orphan.watch(orphan.stub_shm_region(argv))
-
-
-def _cancelled(request) -> bool:
-    """``request.is_cancelled()`` (Python backend 23.10+; False where it does not exist)."""
-    is_cancelled = getattr(request, "is_cancelled", None)
-    return is_cancelled is not None and bool(is_cancelled())
-
-
 class TritonPythonModel:
     """One model instance: load at ``initialize``, serve batches at ``execute``."""
 
@@ -171,11 +175,8 @@ class TritonPythonModel:
             failure = error
         else:
             self._strings = {s.name for s in self._instance.config.inputs if s.is_string}
-            self._check_cancelled = self._instance.params.enable_cancellation_check
             self._sequences = self._instance.sequences is not None
-            sequence = self._instance.config.sequence
-            # Triton's state inputs hold uninitialised memory: the sequence store replaces them.
-            self._skipped = sequence.state_inputs if self._sequences and sequence else frozenset()
+            self._skipped = self._instance.stages.provides  # inputs a stage supplies itself
             if self._instance.metrics is not None:
                 self._instance.metrics.start()  # flushes between executes (see metrics.py)
             return
@@ -186,7 +187,10 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         with self._instance.executing():  # metrics reach the server between executes only
             try:
-                outcomes = self._instance.infer([self._request_inputs(r) for r in requests])
+                start = time.perf_counter_ns()
+                inputs = [self._request_inputs(r) for r in requests]
+                self._instance.requests_read(time.perf_counter_ns() - start)
+                outcomes = self._instance.infer(inputs)
                 start = time.perf_counter_ns()
                 responses = [self._response(outcome) for outcome in outcomes]
                 self._instance.responded(time.perf_counter_ns() - start)
@@ -215,8 +219,6 @@ class TritonPythonModel:
             self._metrics.close()
 
     def _request_inputs(self, request) -> RequestInputs | PyTorchBackendError:
-        if self._check_cancelled and _cancelled(request):
-            return RequestCancelled("the client cancelled the request before it ran")
         inputs = {}
         try:
             for tensor in request.inputs():
@@ -233,7 +235,10 @@ class TritonPythonModel:
         except Exception as exc:
             return RequestError(f"cannot read the request's inputs: {exc}")
         sequence = self._sequence_id(request) if self._sequences else None
-        return RequestInputs(inputs, frozenset(requested) if requested else None, sequence=sequence)
+        # Python backend 23.10+ can ask whether the client cancelled (the cancellation stage does)
+        cancelled = getattr(request, "is_cancelled", None)
+        requested_outputs = frozenset(requested) if requested else None
+        return RequestInputs(inputs, requested_outputs, sequence, cancelled)
 
     @staticmethod
     def _sequence_id(request) -> SequenceId:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Union
 
@@ -36,3 +36,5 @@ class RequestInputs:
     requested_outputs: frozenset[str] | None = None
     #: The request's sequence, for models with ``sequence_batching`` state (None: not given).
     sequence: SequenceId | None = None
+    #: Asks the server whether the client cancelled the request (None: it cannot be asked).
+    cancelled: Callable[[], bool] | None = None

@@ -2,7 +2,8 @@
 
 The Python backend has no implicit-state API: Triton still hands the state input to the stub,
 but its content is uninitialised memory and the state output is never fed back (measured on
-tritonserver 2.51). So :class:`SequenceStates` runs around the engine in ``Instance.infer``:
+tritonserver 2.51). So :class:`SequenceStates` runs around the engine, as the sequence stage
+(:mod:`pytorch_backend.stages.sequence`):
 
 * before: each request's state input is replaced by the state held for its correlation id
   (zeros or ``initial_state`` on START); a request without a correlation id, or for a sequence
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,9 @@ class _Held:
 
 
 @dataclass(frozen=True)
-class _Pending:
+class StepRecord:
+    """What :meth:`SequenceStates.finish` needs to know of a request it prepared."""
+
     key: int | str
     start: bool
     end: bool
@@ -171,26 +174,6 @@ class SequenceStates:
         """How many sequences' states are held (the live-sequences gauge)."""
         return len(self._held)
 
-    def infer(
-        self,
-        requests: Sequence[RequestInputs | PyTorchBackendError],
-        run: Callable[[list[RequestInputs | PyTorchBackendError]], list[Outcome]],
-    ) -> list[Outcome]:
-        """Run ``run`` (the engine) on the requests with their states; keep the new states."""
-        self.expire()
-        prepared: list[RequestInputs | PyTorchBackendError] = []
-        pending: list[_Pending | None] = []
-        for request in requests:
-            try:
-                item, record = self._prepare(request)
-            except RequestError as error:
-                item, record = error, None
-            prepared.append(item)
-            pending.append(record)
-        outcomes = run(prepared)
-        now = self.clock()
-        return [self._finish(p, o, now) for p, o in zip(pending, outcomes)]
-
     def expire(self) -> None:
         """Drop the sequences that had no request for longer than the idle time."""
         now = self.clock()
@@ -208,11 +191,9 @@ class SequenceStates:
 
     # -- one request ----------------------------------------------------------------------------
 
-    def _prepare(
-        self, request: RequestInputs | PyTorchBackendError
-    ) -> tuple[RequestInputs | PyTorchBackendError, _Pending | None]:
-        if isinstance(request, PyTorchBackendError):
-            return request, None
+    def prepare(self, request: RequestInputs) -> tuple[RequestInputs, StepRecord]:
+        """The request with its sequence's state as its state inputs (a RequestError if it
+        has none: no correlation id, no START...), and what :meth:`finish` needs."""
         sequence = request.sequence
         if sequence is None or sequence.correlation_id in (0, ""):
             raise RequestError(
@@ -243,7 +224,7 @@ class SequenceStates:
             drop |= self._returned - requested
             requested = requested | self._outputs
         prepared = dataclasses.replace(request, inputs=inputs, requested_outputs=requested)
-        return prepared, _Pending(key, sequence.start, sequence.end, before, drop)
+        return prepared, StepRecord(key, sequence.start, sequence.end, before, drop)
 
     def _initial_states(self, request: RequestInputs) -> States:
         rows = self._rows(request)
@@ -281,18 +262,18 @@ class SequenceStates:
             return Strings(strings, (len(strings), *state.dims))
         return Strings(strings, (len(strings),))
 
-    def _finish(self, pending: _Pending | None, outcome: Outcome, now: float) -> Outcome:
-        if pending is None:
-            return outcome
-        key = pending.key
+    def finish(self, record: StepRecord, outcome: Outcome, now: float) -> Outcome:
+        """Keep (or, on END, drop) the sequence's new state; the outcome without the state
+        outputs the request did not ask for."""
+        key = record.key
         if isinstance(outcome, PyTorchBackendError):
             # The step failed: the sequence keeps the state it had (a START: its initial state).
-            new = pending.before if pending.start or key in self._held else None
+            new = record.before if record.start or key in self._held else None
         else:
             new = {s.input_name: self._kept(s, outcome[s.output_name]) for s in self.states}
-            if pending.drop:
-                outcome = {n: v for n, v in outcome.items() if n not in pending.drop}
-        if pending.end or new is None:
+            if record.drop:
+                outcome = {n: v for n, v in outcome.items() if n not in record.drop}
+        if record.end or new is None:
             self._held.pop(key, None)
         else:
             self._held[key] = _Held(new, now)

@@ -83,6 +83,8 @@ def config(name: str, outputs: str, extra: str = "") -> str:
         f"output [ {outputs} ]\ninstance_group [ {{ kind: KIND_CPU count: 1 }} ]\n{extra}\n"
         'parameters { key: "TORCH_COMPILE_OPTIONAL_PARAMETERS" '
         f"value: {{ string_value: {json.dumps(EAGER)} }} }}\n"
+        # the warm-up's zeros make the slow models fast: left unset, the check would be off
+        'parameters { key: "ENABLE_CANCELLATION_CHECK" value: { string_value: "true" } }\n'
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pytorch_backend import metrics
+from pytorch_backend.step_times import STEPS
 from tests.client_utils import InferenceServerException, infer, write_model
 from tests.compat import STRINGS_NEED_NUMPY1
 from tests.deploy_utils import dashboard_metrics, hpa_source_metrics
@@ -185,3 +186,18 @@ def test_the_autoscaler_and_dashboard_metrics_exist_in_a_real_scrape(after_known
     optional = gpu_only | {metrics.WARMUP.name, metrics.SEQUENCES.name}
     used = {n for n in dashboard_metrics() if n not in optional}
     assert used <= names, f"the dashboard queries metrics the server lacks: {used - names}"
+
+
+def test_the_step_profile_of_a_fast_model_that_does_not_check_cancellation(
+    server, after_known_requests
+):
+    s = after_known_requests
+    seconds = {step: value(s, metrics.STEP_SECONDS.name, "metered", step=step) for step in STEPS}
+    assert all(seconds[step] > 0 for step in STEPS if step != "cancel_check"), seconds
+    assert seconds["forward"] == pytest.approx(value(s, metrics.FORWARD.name + "_sum", "metered"))
+    # a forward this small costs less than asking Triton about cancellation: auto turned it off
+    assert seconds["cancel_check"] == 0
+    line = re.search(
+        r"instance 'metered[^']*': ENABLE_CANCELLATION_CHECK = (.*)", server.log_text()
+    )
+    assert line is not None and line.group(1).startswith("auto -> false (a forward of "), line

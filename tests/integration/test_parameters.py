@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from pytorch_backend.config.parameters import PARAMETERS
 from tests.client_utils import PROTOCOLS, InferenceServerException, infer, write_model
 from tests.custom_op import LIBRARY_NAME, build_op_library
 from tests.server_procs import server_stubs
@@ -121,37 +122,8 @@ DEVICE_IO = (
 )
 BIG_IO = ([io("x", "TYPE_FP32", "[ 2048 ]")], [io("y", "TYPE_FP32", "[ 2048 ]")])
 
-# Every setting apply_runtime_settings logs, one line each.
-LOGGED_KEYS = (
-    "device",
-    "INFERENCE_MODE",
-    "ENABLE_GRAD",
-    "DISABLE_OPTIMIZED_EXECUTION",
-    "ENABLE_JIT_EXECUTOR",
-    "ENABLE_JIT_PROFILING",
-    "ENABLE_TENSOR_FUSER",
-    "ENABLE_NVFUSER",
-    "DISABLE_CUDNN",
-    "ENABLE_CACHE_CLEANING",
-    "INTRA_OP_THREAD_COUNT",
-    "INTER_OP_THREAD_COUNT",
-    "ENABLE_WEIGHT_SHARING",
-    "CUSTOM_OP_LIBRARIES",
-    "MODEL_FILENAME",
-    "MODULE_FILENAME",
-    "MODULE_CLASS",
-    "METHOD",
-    "COMPILE_CACHE",
-    "TORCH_COMPILE_OPTIONAL_PARAMETERS",
-    "ENABLE_METRICS",
-    "WARMUP",
-    "WARMUP_BATCH_SIZES",
-    "CUDA_GRAPHS",
-    "STOP_SERVER_ON_STICKY_ERROR",
-    "ENABLE_CANCELLATION_CHECK",
-    "REFUSE_WRITABLE_MODEL_DIRECTORY",
-    "OUTPUT_SHAPE_CHECK",
-)
+# Every setting an instance logs at load, one line each: the device and the registry's keys.
+LOGGED_KEYS = ("device", *(p.key for p in PARAMETERS if p.logged))
 
 MANY_THREADS = 3  # INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT of "many"
 ALIAS_THREADS = (5, 4)  # NUM_THREADS / NUM_INTEROP_THREADS of "alias"

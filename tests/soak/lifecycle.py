@@ -10,6 +10,10 @@ one instance each), ``gamma`` (the same MLP served drop-in: ``backend: "python"`
 version, 1 or 2, the version policy picking one). Two closed-loop clients per model, one over HTTP
 and one over gRPC, send requests all the time and check every answer against a reference.
 
+The harness makes its repository (load/unload) calls over gRPC: over HTTP, tritonserver 2.51 runs
+each on an HTTP worker thread until the load ends, so the HTTP clients served by that worker stall
+for seconds (server #8958; ``--control http`` and ``tests/soak/control_stall.py`` show it).
+
 Each cycle is one of, in turn and with random pauses of 0-50 ms between the steps:
 
 * ``single``: unload one of alpha, beta and gamma, and load it again at once;
@@ -204,8 +208,11 @@ def grown(before: dict, after: dict, model: str) -> bool:
 class Harness:
     """Runs the cycles against one server and collects what went wrong."""
 
-    def __init__(self, server, repo: Path, log_path: Path, seed: int) -> None:
+    def __init__(
+        self, server, repo: Path, log_path: Path, seed: int, control: str = "grpc"
+    ) -> None:
         self.server, self.repo, self.log_path = server, repo, log_path
+        self.control = control  # the protocol of the repository (load/unload) calls
         self.http = httpclient.InferenceServerClient(
             f"localhost:{server.http_port}", connection_timeout=300, network_timeout=300
         )
@@ -234,12 +241,22 @@ class Harness:
         self._repository_call(model, "unload_model")
 
     def _repository_call(self, model: str, method: str) -> None:
-        """One repository call on a connection of its own (HTTP clients are not thread-safe)."""
-        client = httpclient.InferenceServerClient(
-            f"localhost:{self.server.http_port}", connection_timeout=300, network_timeout=300
-        )
+        """One repository call on a connection of its own (HTTP clients are not thread-safe).
+
+        Over gRPC by default: tritonserver runs an HTTP load/unload on an HTTP worker thread until
+        it ends, stalling every HTTP inference connection that worker serves (server #8958,
+        ``tests/soak/control_stall.py``); ``--control http`` reproduces that.
+        """
+        if self.control == "http":
+            client = httpclient.InferenceServerClient(
+                f"localhost:{self.server.http_port}", connection_timeout=300, network_timeout=300
+            )
+            call = {}
+        else:
+            client = grpcclient.InferenceServerClient(f"localhost:{self.server.grpc_port}")
+            call = {"client_timeout": 300}
         try:
-            getattr(client, method)(model)
+            getattr(client, method)(model, **call)
         finally:
             client.close()
 
@@ -329,13 +346,20 @@ def _server(repo: Path, ports: tuple[int, int, int], log: Path, explicit: bool =
 
 
 def run_cycles(
-    repo: Path, ports, log: Path, cycles: int, seed: int, echo=print, minutes: float | None = None
+    repo: Path,
+    ports,
+    log: Path,
+    cycles: int,
+    seed: int,
+    echo=print,
+    minutes: float | None = None,
+    control: str = "grpc",
 ) -> dict:
     """``cycles`` reload cycles under load (fewer if ``minutes`` run out first); the summary."""
     server = _server(repo, ports, log)
     server.start()
     started = time.monotonic()
-    harness = Harness(server, repo, log, seed)
+    harness = Harness(server, repo, log, seed, control)
     rows: list[dict] = []
     try:
         server.wait_ready(timeout=600)
@@ -369,6 +393,7 @@ def run_cycles(
     if left:
         harness.failures.append(f"stubs left after the server stopped: {left}")
     return {
+        "repository_calls_over": control,
         "cycles": len(rows),
         "kinds": dict(harness.kinds),
         "seconds": round(time.monotonic() - started, 1),
@@ -452,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--server-log", type=Path, help="keep the server log here")
     parser.add_argument("--ports", type=int, nargs=3, default=(18610, 18611, 18612))
+    parser.add_argument(
+        "--control",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="protocol of the load/unload calls (http stalls HTTP clients: server #8958)",
+    )
     args = parser.parse_args(argv)
     summary: dict = {"failures": []}
     with tempfile.TemporaryDirectory(prefix="lifecycle-") as tmp:
@@ -460,8 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cycles:
             echo = lambda row: print(row, file=sys.stderr, flush=True)  # noqa: E731
             cycles = run_cycles(
-                repo, tuple(args.ports), log, args.cycles, args.seed, echo, args.minutes
-            )
+                repo, tuple(args.ports), log, args.cycles, args.seed, echo, args.minutes,
+                args.control,
+            )  # fmt: skip
             summary["reload"] = cycles
             summary["failures"] += cycles["failures"]
         if args.kill:

@@ -103,7 +103,8 @@ def model(adapter, tmp_path, **parameters: str):
 
 
 def test_cancelled_requests_are_answered_cancelled_and_not_computed(adapter, tmp_path):
-    instance, forwards = model(adapter, tmp_path)
+    # explicit: left unset, the check is off for a forward as fast as this one (test_stages.py)
+    instance, forwards = model(adapter, tmp_path, ENABLE_CANCELLATION_CHECK="true")
     responses = instance.execute([Request(1.0, False), Request(2.0, True), Request(3.0, False)])
     assert forwards == [2]  # one forward, of the two live rows
     assert responses[1].error.code == TritonError.CANCELLED

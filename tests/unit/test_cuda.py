@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pytorch_backend.config import InstanceKind, ModelConfig, ModelKind, parse_model_config
+from pytorch_backend.config.decision import Decision
 from pytorch_backend.config.parameter_parsing import parse_parameters
 from pytorch_backend.config.parameters import BackendParameters
 from pytorch_backend.errors import ModelLoadError
@@ -144,7 +145,7 @@ def test_cudnn_toggle(gpu: torch.device) -> None:
     params = parse_parameters("m", cfg.parameters, logs.append)
     settings = apply_runtime_settings(params, cfg, gpu)
     assert settings.cudnn_enabled is False and torch.backends.cudnn.enabled is False
-    logs = effective_lines(EffectiveSettings(params, settings, gpu, 0, "false"))
+    logs = effective_lines(EffectiveSettings(params, settings, gpu, 0, Decision.off()))
     assert any("DISABLE_CUDNN = true (cuDNN disabled" in line for line in logs)
     conv = torch.nn.Conv2d(3, 4, 3).to(gpu)
     image = torch.randn(1, 3, 16, 16, device=gpu)
@@ -190,7 +191,7 @@ def test_gpu_instance_settings_log(gpu: torch.device) -> None:
     params = parse_parameters("m", cfg.parameters, lambda _: None)
     settings = apply_runtime_settings(params, cfg, gpu)
     assert settings.cache_cleaning is True
-    logs = effective_lines(EffectiveSettings(params, settings, gpu, 0, "false"))
+    logs = effective_lines(EffectiveSettings(params, settings, gpu, 0, Decision.off()))
     assert "device = cuda:0" in logs
     assert any("ENABLE_CACHE_CLEANING = true (torch.cuda.empty_cache()" in line for line in logs)
 

@@ -20,6 +20,7 @@ from pytorch_backend.hooks import Hooks
 from pytorch_backend.instance import build_instance
 from pytorch_backend.requests import RequestInputs
 from pytorch_backend.runtime.execution import StickyErrorWatch
+from pytorch_backend.step_times import STEPS
 from tests.unit.builders import args, ts_config, ts_repo
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -386,3 +387,23 @@ def test_readme_lists_every_metric():
     names = [spec.name for spec in metrics.METRICS]
     assert len(names) == len(set(names))
     assert all(name.startswith("pytorch_backend_") for name in names)
+
+
+def test_the_step_profile_says_where_each_execute_went(tmp_path):
+    registry = FakeRegistry()
+    config = ts_config(parameters={"ENABLE_CANCELLATION_CHECK": {"string_value": "true"}})
+    instance = build_instance(args(ts_repo(tmp_path), config), metrics=registry)
+    instance.metrics.flush()  # the warm-up is not profiled
+    name = metrics.STEP_SECONDS.name
+    assert all(registry.get(name, step=step).calls == 0 for step in STEPS)
+    with instance.executing():
+        instance.requests_read(1_000)  # the adapter's two steps
+        instance.infer([RequestInputs({"x": torch.ones(2, 2)}, cancelled=lambda: False)])
+        instance.responded(3_000)
+    instance.metrics.flush()
+    seconds = {step: registry.get(name, step=step).value for step in STEPS}
+    assert seconds["read"] == pytest.approx(1e-6) and seconds["respond"] == pytest.approx(3e-6)
+    assert all(seconds[step] > 0 for step in ("cancel_check", "prepare", "split", "metrics"))
+    assert seconds["forward"] == pytest.approx(registry.sum(metrics.FORWARD))
+    assert seconds["prepare"] == pytest.approx(registry.sum(metrics.PREPARE))
+    instance.close()

@@ -11,6 +11,7 @@ import torch
 
 from pytorch_backend import torch_compat
 from pytorch_backend.config import ModelKind, OutputShapeCheck, parse_model_config
+from pytorch_backend.config.decision import Decision
 from pytorch_backend.config.parameter_parsing import parse_parameters
 from pytorch_backend.engine import InferenceEngine
 from pytorch_backend.errors import ExecutionError, ModelFailure, ModelLoadError
@@ -231,7 +232,7 @@ def _logged(kind: ModelKind, parameters: dict[str, str]) -> dict[str, str]:
     cfg = config(parameters={k: {"string_value": v} for k, v in parameters.items()})
     params = parse_parameters("m", cfg.parameters, warn=lambda m: None)
     settings = apply_runtime_settings(params, cfg, CPU)
-    lines = effective_lines(EffectiveSettings(params, settings, CPU, 1, "false", kind))
+    lines = effective_lines(EffectiveSettings(params, settings, CPU, 1, Decision.off(), kind))
     return dict(line.split(" = ", 1) for line in lines)
 
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from pytorch_backend.config import GradPolicy, ModelConfig, parse_model_config
+from pytorch_backend.config.decision import Decision
 from pytorch_backend.config.parameter_parsing import parse_parameters
-from pytorch_backend.config.parameters import BackendParameters
+from pytorch_backend.config.parameters import PARAMETERS, BackendParameters
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.runtime.execution import execution_context
 from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
@@ -74,7 +75,7 @@ PREFIX = "pytorch_backend: model 'm' instance 'm_0': "
 
 def lines_of(params: BackendParameters, settings: Any, config: ModelConfig, device) -> list[str]:
     """The effective-value lines as an instance logs them (weight sharing decided elsewhere)."""
-    sharing = "true" if params.enable_weight_sharing else "false"
+    sharing = Decision.on(None) if params.enable_weight_sharing else Decision.off()
     effective = EffectiveSettings(params, settings, device, config.cpu_instance_count, sharing)
     return [PREFIX + line for line in effective_lines(effective)]
 
@@ -91,6 +92,7 @@ CHILD = r"""
 import dataclasses, json, sys, threading
 import torch
 from pytorch_backend.config import parse_model_config
+from pytorch_backend.config.decision import Decision
 from pytorch_backend.config.parameter_parsing import parse_parameters
 from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
 from pytorch_backend.runtime.settings import apply_runtime_settings, available_cpus
@@ -101,7 +103,9 @@ if spec.get("interop_already_set"):
 config = parse_model_config(spec["config"])
 params = parse_parameters(config.name, config.parameters, print)
 settings = apply_runtime_settings(params, config, torch.device("cpu"))
-effective = EffectiveSettings(params, settings, torch.device("cpu"), config.cpu_instance_count, "")
+effective = EffectiveSettings(
+    params, settings, torch.device("cpu"), config.cpu_instance_count, Decision.off()
+)
 prefix = "pytorch_backend: model 'm' instance 'm_0': "
 logs = [prefix + line for line in effective_lines(effective)]
 seen = []
@@ -207,35 +211,7 @@ def test_zero_threads_keep_torch_default() -> None:
 
 # --- settings and their log lines -------------------------------------------------------------
 
-EVERY_KEY = [
-    "INFERENCE_MODE",
-    "ENABLE_GRAD",
-    "DISABLE_OPTIMIZED_EXECUTION",
-    "ENABLE_JIT_EXECUTOR",
-    "ENABLE_JIT_PROFILING",
-    "ENABLE_TENSOR_FUSER",
-    "ENABLE_NVFUSER",
-    "DISABLE_CUDNN",
-    "ENABLE_CACHE_CLEANING",
-    "INTRA_OP_THREAD_COUNT",
-    "INTER_OP_THREAD_COUNT",
-    "ENABLE_WEIGHT_SHARING",
-    "CUSTOM_OP_LIBRARIES",
-    "MODEL_FILENAME",
-    "MODULE_FILENAME",
-    "MODULE_CLASS",
-    "METHOD",
-    "COMPILE_CACHE",
-    "TORCH_COMPILE_OPTIONAL_PARAMETERS",
-    "ENABLE_METRICS",
-    "WARMUP",
-    "WARMUP_BATCH_SIZES",
-    "CUDA_GRAPHS",
-    "STOP_SERVER_ON_STICKY_ERROR",
-    "ENABLE_CANCELLATION_CHECK",
-    "REFUSE_WRITABLE_MODEL_DIRECTORY",
-    "OUTPUT_SHAPE_CHECK",
-]
+EVERY_KEY = [p.key for p in PARAMETERS if p.logged]
 
 
 @pytest.mark.usefixtures("restore_torch_globals")

@@ -24,6 +24,6 @@ def markdown_table() -> str:
         name = f"`{p.key}`" + (
             f" (alias {', '.join(f'`{a}`' for a in p.aliases)})" if p.aliases else ""
         )
-        cells = (name, p.default, p.effect, *(_applies(p, kind) for kind in ModelKind))
+        cells = (name, p.default_text, p.effect, *(_applies(p, kind) for kind in ModelKind))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

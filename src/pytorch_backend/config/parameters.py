@@ -1,9 +1,21 @@
-"""``config.pbtxt`` ``parameters``: one registry, parsed and validated once at load.
+"""``config.pbtxt`` ``parameters``: the registry, the one source of what each key is and does.
 
 :data:`PARAMETERS` is the single list of keys this backend knows. Each entry gives the key, its
-aliases, its parser, its default, the model kinds it has an effect on and a one-line effect; the
-registry drives parsing, the unknown-key hints, the order of the effective-value log lines
-(``runtime.report``) and the README's parameter table (``parameter_table``, checked by a test).
+aliases, its field of :class:`BackendParameters` (which types it and gives its default), its
+parser, the model kinds it has an effect on, a one-line effect and how its effective value is
+logged at load (``describe``). The registry drives parsing (``parameter_parsing``), the
+unknown-key hints, the effective-value log lines and their order (``runtime.report``; outside
+``applies_to`` a generated "no effect on <kind>s" line), the README's parameter table
+(``parameter_table``, checked by a test) and the tests' key lists.
+
+Adding a parameter:
+
+1. a field (type, default) in ``BackendParameters`` (``parameter_types``) and its ``Parameter``
+   entry here: key, effect, README default, field, parser, ``applies_to``; ``describe`` when the
+   plain value is not the whole story (a function in ``describers``, or a ``Decision``'s reason);
+2. its consumer reads ``params.<field>`` (a setting the load decides returns a ``Decision``);
+3. regenerate the README table from ``parameter_table.markdown_table()``. Unit tests fail
+   until the field, the entry and the table agree.
 
 Keys are case-sensitive, as upstream. Booleans accept exactly ``true/on/1`` and ``false/off/0``
 (lower-cased, as ``ParseBoolValue``); thread counts a non-negative decimal ``int`` (``0``: torch's
@@ -14,11 +26,25 @@ closest known key, so a typo such as ``INFERENCE_MDOE`` is visible.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
-from .compile_options import CompileOptions, parse_compile_options
-from .enums import GradPolicy, ModelKind, OutputShapeCheck
+from . import describers
+from .compile_options import parse_compile_options
+from .parameter_types import (
+    ALL_KINDS,
+    BACKEND,
+    COMPILED_KINDS,
+    EAGER_ONLY,
+    GRAPH_KINDS,
+    IGNORED,
+    METHOD_KINDS,
+    MODULE_KINDS,
+    NO_KIND,
+    PYTHON_BACKEND,
+    TORCHSCRIPT_ONLY,
+    BackendParameters,
+    Parameter,
+)
 from .values import (
     parse_batch_sizes,
     parse_bool,
@@ -32,82 +58,19 @@ from .values import (
     parse_thread_count,
 )
 
-ALL_KINDS = frozenset(ModelKind)
-TORCHSCRIPT_ONLY = frozenset({ModelKind.TORCHSCRIPT})
-EAGER_ONLY = frozenset({ModelKind.EAGER})
-#: Kinds whose methods can be called by name (``METHOD``).
-METHOD_KINDS = frozenset({ModelKind.TORCHSCRIPT, ModelKind.EAGER})
-#: Kinds whose nn.Module this backend holds (weights in Python tensors, torch.compile).
-MODULE_KINDS = frozenset({ModelKind.TORCHSCRIPT, ModelKind.EAGER, ModelKind.EXPORTED_PROGRAM})
-COMPILED_KINDS = frozenset({ModelKind.EAGER, ModelKind.EXPORTED_PROGRAM})
-GRAPH_KINDS = frozenset({ModelKind.TORCHSCRIPT, ModelKind.AOTI})
-NO_KIND: frozenset[ModelKind] = frozenset()
-
-#: Who reads a key: this backend, Triton's Python backend, or nobody here (accepted, warned).
-BACKEND, PYTHON_BACKEND, IGNORED = "backend", "python_backend", "ignored"
-
-
-@dataclass(frozen=True)
-class BackendParameters:
-    """Effective backend parameters of one model (defaults = parameter absent)."""
-
-    inference_mode: bool = True
-    enable_grad: bool = False
-    disable_optimized_execution: bool = False
-    enable_jit_executor: bool | None = None
-    enable_jit_profiling: bool | None = None
-    enable_tensor_fuser: bool | None = None
-    enable_nvfuser: bool | None = None
-    disable_cudnn: bool = False
-    enable_cache_cleaning: bool = False
-    intra_op_thread_count: int | None = None
-    inter_op_thread_count: int | None = None
-    enable_weight_sharing: bool = False
-    custom_op_libraries: tuple[str, ...] = ()
-    model_filename: str | None = None
-    torch_compile: CompileOptions = CompileOptions()
-    module_filename: str | None = None
-    module_class: str | None = None
-    method: str = "forward"
-    compile_cache: str | None = None
-    enable_metrics: bool = True
-    warmup: bool = True
-    warmup_batch_sizes: tuple[int, ...] | None = None
-    cuda_graphs: bool = False
-    stop_server_on_sticky_error: bool = False
-    enable_cancellation_check: bool = True
-    refuse_writable_model_directory: bool = False
-    output_shape_check: OutputShapeCheck = OutputShapeCheck.WARN
-
-    @property
-    def grad_policy(self) -> GradPolicy:
-        if self.enable_grad:
-            return GradPolicy.ENABLE_GRAD
-        return GradPolicy.INFERENCE_MODE if self.inference_mode else GradPolicy.NO_GRAD
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """One ``config.pbtxt`` parameter key."""
-
-    key: str
-    effect: str  # one line, for the README table
-    default: str = "unset"  # as the README shows it
-    field: str | None = None  # the BackendParameters field it sets
-    parse: Callable[[str, str, str], object] | None = None
-    applies_to: frozenset[ModelKind] = ALL_KINDS
-    aliases: tuple[str, ...] = ()
-    reader: str = BACKEND
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.key, *self.aliases)
-
-    @property
-    def logged(self) -> bool:
-        """Whether its effective value is logged at load, one line per instance."""
-        return self.reader == BACKEND
-
+__all__ = [
+    "ALL_KINDS",
+    "BACKEND",
+    "BY_KEY",
+    "IGNORED",
+    "KNOWN_KEYS",
+    "METHOD_KINDS",
+    "PARAMETERS",
+    "PYTHON_BACKEND",
+    "BackendParameters",
+    "Parameter",
+    "parse_bool",
+]
 
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
@@ -117,6 +80,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`true`",
         "inference_mode",
         parse_bool,
+        describe=describers.inference_mode,
     ),
     Parameter(
         "ENABLE_GRAD",
@@ -133,6 +97,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "disable_optimized_execution",
         parse_bool,
         TORCHSCRIPT_ONLY,
+        describe=describers.optimized_execution,
     ),
     Parameter(
         "ENABLE_JIT_EXECUTOR",
@@ -141,6 +106,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "enable_jit_executor",
         parse_bool,
         TORCHSCRIPT_ONLY,
+        describe=describers.jit_flag(lambda s: s.jit_executor, lambda p: p.enable_jit_executor),
     ),
     Parameter(
         "ENABLE_JIT_PROFILING",
@@ -149,6 +115,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "enable_jit_profiling",
         parse_bool,
         TORCHSCRIPT_ONLY,
+        describe=describers.jit_flag(lambda s: s.jit_profiling, lambda p: p.enable_jit_profiling),
     ),
     Parameter(
         "ENABLE_TENSOR_FUSER",
@@ -157,6 +124,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "enable_tensor_fuser",
         parse_bool,
         TORCHSCRIPT_ONLY,
+        describe=describers.jit_flag(lambda s: s.tensor_fuser, lambda p: p.enable_tensor_fuser),
     ),
     Parameter(
         "ENABLE_NVFUSER",
@@ -165,6 +133,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "enable_nvfuser",
         parse_bool,
         NO_KIND,
+        describe=describers.nvfuser,
+        explains_kind=True,
     ),
     Parameter(
         "DISABLE_CUDNN",
@@ -172,6 +142,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`false`",
         "disable_cudnn",
         parse_bool,
+        describe=describers.cudnn,
     ),
     Parameter(
         "ENABLE_CACHE_CLEANING",
@@ -180,6 +151,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`false`",
         "enable_cache_cleaning",
         parse_bool,
+        describe=describers.cache_cleaning,
     ),
     Parameter(
         "INTRA_OP_THREAD_COUNT",
@@ -190,6 +162,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "intra_op_thread_count",
         parse_thread_count,
         aliases=("NUM_THREADS",),
+        describe=describers.intra_op_threads,
     ),
     Parameter(
         "INTER_OP_THREAD_COUNT",
@@ -198,6 +171,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "inter_op_thread_count",
         parse_thread_count,
         aliases=("NUM_INTEROP_THREADS",),
+        describe=describers.inter_op_threads,
     ),
     Parameter(
         "ENABLE_WEIGHT_SHARING",
@@ -207,6 +181,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "enable_weight_sharing",
         parse_bool,
         MODULE_KINDS,
+        describe=lambda e: e.weight_sharing.reason,
+        explains_kind=True,
     ),
     Parameter(
         "CUSTOM_OP_LIBRARIES",
@@ -215,6 +191,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "none",
         "custom_op_libraries",
         parse_library_list,
+        describe=describers.libraries,
     ),
     Parameter(
         "MODEL_FILENAME",
@@ -257,6 +234,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`true`",
         "enable_metrics",
         parse_bool,
+        describe=lambda e: e.metrics.reason,
     ),
     Parameter(
         "WARMUP",
@@ -265,6 +243,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`true`",
         "warmup",
         parse_bool,
+        describe=describers.warmup,
     ),
     Parameter(
         "WARMUP_BATCH_SIZES",
@@ -272,6 +251,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "powers of two up to `max_batch_size`, `max_batch_size` and the preferred batch sizes",
         "warmup_batch_sizes",
         parse_batch_sizes,
+        describe=describers.warmup_sizes,
     ),
     Parameter(
         "CUDA_GRAPHS",
@@ -282,6 +262,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "cuda_graphs",
         parse_bool,
         GRAPH_KINDS,
+        describe=lambda e: e.cuda_graphs.reason,
     ),
     Parameter(
         "REFUSE_WRITABLE_MODEL_DIRECTORY",
@@ -312,6 +293,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "torch_compile",
         parse_compile_options,
         COMPILED_KINDS,
+        describe=lambda e: e.params.torch_compile.describe(),
     ),
     Parameter(
         "COMPILE_CACHE",
@@ -322,6 +304,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "compile_cache",
         parse_cache_directory,
         EAGER_ONLY,
+        describe=lambda e: e.params.compile_cache or "default",
     ),
     Parameter(
         "STOP_SERVER_ON_STICKY_ERROR",
@@ -336,10 +319,13 @@ PARAMETERS: tuple[Parameter, ...] = (
         "ENABLE_CANCELLATION_CHECK",
         "ask Triton, per request, whether the client cancelled it before the batch is gathered "
         "(one round trip to the server each, 25–90 µs here); cancelled ones are answered "
-        "CANCELLED and not computed. `false`: skip the check",
-        "`true`",
+        "CANCELLED and not computed. Unset: checked unless the warm-up measured a forward under "
+        "10 × a check's ~50 µs (the check would cost more than it saves; see Cancellation); "
+        "`true`/`false`: always/never",
+        "unset: auto",
         "enable_cancellation_check",
         parse_bool,
+        describe=describers.cancellation_check,
     ),
     Parameter(
         "OUTPUT_SHAPE_CHECK",
@@ -350,6 +336,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`warn`",
         "output_shape_check",
         parse_output_shape_check,
+        describe=describers.output_shapes,
     ),
 )
 

@@ -118,13 +118,15 @@ def sticky_error_line(exc: BaseException) -> str | None:
 class StickyErrorWatch(Hook):
     """Remembers the first sticky CUDA error a forward (or its stream synchronisation) raised.
 
-    After one, every CUDA call of the process fails, so the instance reports not ready, answers
-    UNAVAILABLE instead of running more forwards (a forward entered later raises
-    :class:`~pytorch_backend.errors.Unavailable`) and the metrics report it; the fix is a fresh
-    process. ``on_error`` is called once, with the error line, on the thread that saw it.
-    ``devices``: the instance's CUDA devices; when a forward raises something that does not name
-    a sticky error (an AOTI runner only says its call failed), they are synchronised once to
-    ask CUDA whether the context is still usable.
+    After one, every CUDA call of the process fails, so the instance reports not ready, the
+    metrics report it, and the sticky stage (:mod:`pytorch_backend.stages.sticky`) answers every
+    later request UNAVAILABLE before it reaches the engine; the fix is a fresh process. Only
+    within the execute that hit the error can a forward still be entered (a half of the batch
+    being bisected): it raises :class:`~pytorch_backend.errors.Unavailable` at once, so nothing
+    re-runs on the broken context. ``on_error`` is called once, with the error line, on the
+    thread that saw it. ``devices``: the instance's CUDA devices; when a forward raises something
+    that does not name a sticky error (an AOTI runner only says its call failed), they are
+    synchronised once to ask CUDA whether the context is still usable.
     """
 
     def __init__(

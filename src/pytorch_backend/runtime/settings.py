@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import BackendParameters, GradPolicy, ModelConfig
+from ..config.parameter_types import SERVER_CPUS
 from ..errors import ModelLoadError
 
 
@@ -30,6 +31,7 @@ class RuntimeSettings:
     intra_op_threads: int
     inter_op_threads: int
     thread_budget: int | None  # intra-op count derived from CPUs / CPU instances, when applied
+    cpus: int  # CPUs this process may run on (what a thread budget divides)
     inter_op_refused: str | None  # why set_num_interop_threads did not take the value, if so
     cudnn_enabled: bool
     jit_executor: bool | None  # None: the JIT getter is unavailable in this torch
@@ -45,10 +47,6 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
-
-
-#: CPUs the default intra-op budget leaves to tritonserver and the stub (request I/O, batching).
-SERVER_CPUS = 1
 
 
 def default_intra_op_threads(cpus: int, cpu_instances: int) -> int:
@@ -125,10 +123,11 @@ def apply_runtime_settings(
 
     # Threads: see default_intra_op_threads; 0 keeps torch's default.
     budget: int | None = None
+    cpus = available_cpus()
     intra = params.intra_op_thread_count
     is_cpu_instance = device is not None and device.type == "cpu"
     if intra is None and is_cpu_instance:
-        budget = default_intra_op_threads(available_cpus(), config.cpu_instance_count)
+        budget = default_intra_op_threads(cpus, config.cpu_instance_count)
         intra = budget
     if intra:
         torch.set_num_threads(intra)
@@ -157,6 +156,7 @@ def apply_runtime_settings(
         intra_op_threads=torch.get_num_threads(),
         inter_op_threads=torch.get_num_interop_threads(),
         thread_budget=budget,
+        cpus=cpus,
         inter_op_refused=inter_refused,
         cudnn_enabled=bool(torch.backends.cudnn.enabled),
         jit_executor=jit_executor,
