@@ -28,6 +28,32 @@ def _status(pid: int) -> str | None:
         return None
 
 
+def _ppid(pid: int) -> int | None:
+    match = re.search(r"^PPid:\s+(\d+)", _status(pid) or "", re.M)
+    return int(match[1]) if match else None
+
+
+def _argv(pid: int) -> list[bytes]:
+    """The command line of ``pid`` (empty if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def children(parent: int, match: Callable[[list[bytes]], bool]) -> dict[int, list[bytes]]:
+    """``{pid: command line}`` of the processes whose parent is ``parent`` and whose command
+    line ``match`` accepts."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        argv = _argv(int(entry))
+        if argv and match(argv) and _ppid(int(entry)) == parent:
+            found[int(entry)] = argv
+    return found
+
+
 def server_stubs(server_pid: int, script: Path | None = None) -> dict[int, str]:
     """``{pid: instance name}`` of the server's stubs (only those running ``script`` if given).
 
@@ -35,23 +61,22 @@ def server_stubs(server_pid: int, script: Path | None = None) -> dict[int, str]:
     parent is the server.
     """
     wanted = str(script).encode() if script is not None else None
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if not argv[0].endswith(STUB) or len(argv) <= 8:
-            continue
-        if wanted is not None and argv[1] != wanted:
-            continue
-        status = _status(int(entry))
-        ppid = re.search(r"^PPid:\s+(\d+)", status or "", re.M)
-        if ppid is not None and int(ppid[1]) == server_pid:
-            found[int(entry)] = argv[8].decode(errors="replace")
-    return found
+
+    def is_stub(argv: list[bytes]) -> bool:
+        return argv[0].endswith(STUB) and len(argv) > 8 and wanted in (None, argv[1])
+
+    stubs = children(server_pid, is_stub)
+    return {pid: argv[8].decode(errors="replace") for pid, argv in stubs.items()}
+
+
+def stub_regions(pids: Iterable[int]) -> dict[int, str]:
+    """The shared-memory region each stub maps (its command line's second argument)."""
+    regions = {}
+    for pid in pids:
+        argv = _argv(pid)
+        if len(argv) > 2:
+            regions[pid] = argv[2].decode().lstrip("/")
+    return regions
 
 
 def alive(pid: int) -> bool:

@@ -1,4 +1,9 @@
-"""Serve TorchScript and AOT-Inductor PyTorch models on Triton through the Python backend.
+"""Serve PyTorch models on Triton through the Python backend.
+
+It serves TorchScript archives (``model.pt``), AOT-Inductor packages and ``torch.export``
+programs (``.pt2``), and eager ``nn.Module`` models (a module file, ``model.py``, with its
+``state_dict``, optionally through ``torch.compile``); a TorchScript or ``nn.Module`` model may
+serve a method other than ``forward`` (parameter ``METHOD``).
 
 The package imports without Triton; only ``pytorch_backend.model`` (the drop-in
 ``TritonPythonModel``) touches ``triton_python_backend_utils``. :func:`package` (from an

@@ -66,3 +66,14 @@ class ModelFailure(ExecutionError):
     """The model's forward raised for this request."""
 
     template = "model '{model}' failed: {message}"
+
+
+def error_kinds() -> tuple[str, ...]:
+    """Every ``kind`` a failed request can be counted under: those of the classes above."""
+    kinds: dict[str, None] = {}
+    pending: list[type[PyTorchBackendError]] = [PyTorchBackendError]
+    while pending:
+        cls = pending.pop(0)
+        kinds[cls.kind] = None
+        pending.extend(cls.__subclasses__())
+    return tuple(kinds)

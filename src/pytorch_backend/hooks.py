@@ -57,14 +57,9 @@ class Hooks:
         self._contexts = tuple(h for h in self.hooks if _overrides(h, "forward_context"))
         self._after = tuple(h for h in self.hooks if _overrides(h, "after_execute"))
 
-    def forward(self) -> AbstractContextManager[object]:
-        """The hooks' contexts for one forward, nested (one hook's context as is, no wrapper)."""
-        if len(self._contexts) == 1:
-            return self._contexts[0].forward_context() or contextlib.nullcontext()
-        return self._nested()
-
     @contextlib.contextmanager
-    def _nested(self) -> Iterator[None]:
+    def forward(self) -> Iterator[None]:
+        """The hooks' contexts for one forward, nested."""
         with contextlib.ExitStack() as stack:
             for hook in self._contexts:
                 context = hook.forward_context()

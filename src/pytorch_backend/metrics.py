@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from .errors import error_kinds
 from .executors.base import ExecutorCounters
 from .hooks import ExecuteStats, Hook
 from .metric_series import Gauge, Histogram, MetricKind, MetricSpec, Registry, Sum
@@ -40,7 +41,7 @@ from .step_times import STEPS, StepTimes
 #: from those of the process it replaces (see the module's docstring).
 LABELS = ("model", "version", "model_instance", "pid")
 #: The ``kind`` label of failed requests (``PyTorchBackendError.kind``).
-ERROR_KINDS = ("bad_input", "model_error", "cancelled", "unavailable")
+ERROR_KINDS = error_kinds()
 #: Seconds, from 100 µs (a tiny CPU forward) to 5 s (a big batch). Few buckets on purpose: each
 #: is a series, created by a message to the server at load.
 TIME_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)

@@ -1,4 +1,5 @@
-"""Drop-in ``TritonPythonModel`` serving TorchScript (``.pt``) and AOT-Inductor (``.pt2``) models.
+"""Drop-in ``TritonPythonModel`` serving TorchScript, AOT-Inductor, ``torch.export`` and eager
+``nn.Module`` models (``forward`` or the method named by ``METHOD``).
 
 Use it either way, unchanged:
 

@@ -3,7 +3,7 @@
 Fixtures:
 - ``tritonserver_path`` (session): the server binary; skips the test when none is found (fails
   it when ``PYTORCH_BACKEND_REQUIRE_SERVER=1``, as CI sets: a run that skipped every
-  integration test must not pass).
+  integration test must not pass; see :mod:`tests.prerequisites`).
 - ``backends_dir`` (session): the assembled ``--backend-directory`` (``python/`` and
   ``pytorch_python/model.py``), built once per session.
 - ``triton`` (module): ``start(repo, **kwargs) -> RunningServer``; kwargs go to
@@ -18,7 +18,6 @@ Every test in this folder is marked ``integration``.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,14 +25,8 @@ from typing import Callable
 
 import pytest
 
-from pytorch_backend.serving.server import (
-    ModelStatus,
-    ServerError,
-    TritonServer,
-    TritonServerNotFoundError,
-    assemble_backends,
-    find_tritonserver,
-)
+from pytorch_backend.serving.server import ModelStatus, ServerError, TritonServer, assemble_backends
+from tests import prerequisites
 
 HERE = Path(__file__).parent
 
@@ -86,12 +79,7 @@ class RunningServer:
 
 @pytest.fixture(scope="session")
 def tritonserver_path() -> Path:
-    try:
-        return find_tritonserver()
-    except TritonServerNotFoundError as error:
-        if os.environ.get("PYTORCH_BACKEND_REQUIRE_SERVER") == "1":
-            pytest.fail(f"PYTORCH_BACKEND_REQUIRE_SERVER=1, but no tritonserver: {error}")
-        pytest.skip(f"integration test needs tritonserver: {error}")
+    return prerequisites.tritonserver()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ Packages come from the cached builders in ``tests/aoti_models.py``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytorch_backend
 from tests import aoti_models, ts_models
 from tests.aoti_models import COMPLEX_INPUTS, COMPLEX_OUTPUTS, complex_example, complex_reference
 from tests.client_utils import PROTOCOLS, InferenceServerException, client, infer, write_model
+from tests.server_procs import server_stubs
 
 # Every name of the complex model (forward-based and ordinal) -> (Triton dtype, per-item dims).
 SPECS: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -287,19 +289,9 @@ def test_server_and_stubs_ran_without_locale_variables(server):
     Python backend stub it started."""
     server_pid = server.server.pid
     stubs = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            environ = (proc / "environ").read_bytes()
-        except OSError:  # exited meanwhile
-            continue
-        # "<pid> (<comm>) <state> <ppid> ..."; comm may contain spaces, so split after ")".
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == server_pid and comm.startswith("triton_python"):
-            stubs.append(environ)
+    for pid in server_stubs(server_pid):
+        with contextlib.suppress(OSError):  # exited meanwhile
+            stubs.append((Path("/proc") / str(pid) / "environ").read_bytes())
     assert len(stubs) >= len(HEALTHY)  # one stub per loaded model instance
     own = (Path("/proc") / str(server_pid) / "environ").read_bytes()
     for environ in (own, *stubs):

@@ -6,18 +6,22 @@ One server serves three nn.Module models (compile disabled, plain Python forward
   illegal memory access, which is what a real sticky error looks like to the backend;
 * ``slow`` (default scheduler) and ``slow_batched`` (dynamic batcher): ``y = x``, plus ``seen``,
   the number of rows the instance has computed so far (this one included); a row whose value
-  is positive makes the forward sleep that many seconds first.
+  is positive makes the forward hold the instance first: it touches ``<signals>/running`` and
+  waits for ``<signals>/release`` (at most that many seconds).
 
 Cancellation needs gRPC (HTTP clients cannot cancel). The bundled tritonserver 2.51 can crash in
 its gRPC server when a cancellation races with the response of the same request (server #7368,
-#8034, fixed in 24.12), so the test cancels only requests queued behind a multi-second execution.
+#8034, fixed in 24.12), so the test cancels only requests queued behind an execution it holds.
+The test orders its steps on what it observes (the held execution's ``running`` file, Triton's
+pending-request gauge, the cancellations in its verbose log, our metrics), never on sleeps, so
+it holds on a busy machine.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +32,7 @@ from pytorch_backend import metrics
 from pytorch_backend.errors import RequestCancelled
 from tests.client_utils import InferenceServerException, infer, write_model
 from tests.integration.test_metrics import scrape, value
+from tests.server_procs import wait_for
 
 EAGER = json.dumps({"disable": True})
 
@@ -47,8 +52,11 @@ class Sticky(torch.nn.Module):
 
 SLOW = """
 import time
+from pathlib import Path
 
 import torch
+
+SIGNALS = Path({signals!r})
 
 
 class Slow(torch.nn.Module):
@@ -59,7 +67,10 @@ class Slow(torch.nn.Module):
     def forward(self, x: torch.Tensor):
         pause = float(x.max())
         if pause > 0:
-            time.sleep(pause)
+            (SIGNALS / "running").touch()
+            deadline = time.monotonic() + pause
+            while not (SIGNALS / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
         self.seen += x.shape[0]
         return x, torch.full((x.shape[0], 1), self.seen, dtype=torch.int64)
 """
@@ -77,22 +88,28 @@ def config(name: str, outputs: str, extra: str = "") -> str:
     )
 
 
+DEADLINE = 60.0  # seconds for anything the tests wait for
+#: What tritonserver's gRPC frontend logs (--log-verbose=1) when it passes a cancellation on.
+CANCELLATION_ISSUED = "Issuing cancellation for"
 Y = '{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }'
 SEEN = '{ name: "seen" data_type: TYPE_INT64 dims: [ 1 ] }'
 
 
 @pytest.fixture(scope="module")
-def server(triton, tmp_path_factory):
+def signal_root(tmp_path_factory) -> Path:
+    """``<signal_root>/<model>``: where a Slow model says it holds an execution, and is released."""
+    return tmp_path_factory.mktemp("faults-signals")
+
+
+@pytest.fixture(scope="module")
+def server(triton, tmp_path_factory, signal_root):
     repo = tmp_path_factory.mktemp("faults-repo")
     write_model(repo, "sticky", config("sticky", Y), {"1/model.py": STICKY.encode()})
-    write_model(repo, "slow", config("slow", f"{Y}, {SEEN}"), {"1/model.py": SLOW.encode()})
-    write_model(
-        repo,
-        "slow_batched",
-        config("slow_batched", f"{Y}, {SEEN}", "dynamic_batching { }"),
-        {"1/model.py": SLOW.encode()},
-    )
-    return triton(repo)
+    for name, extra in (("slow", ""), ("slow_batched", "dynamic_batching { }")):
+        (signal_root / name).mkdir()
+        slow = SLOW.format(signals=str(signal_root / name))
+        write_model(repo, name, config(name, f"{Y}, {SEEN}", extra), {"1/model.py": slow.encode()})
+    return triton(repo, extra_args=("--log-verbose=1",))  # logs each cancellation
 
 
 def x(value: float) -> dict[str, np.ndarray]:
@@ -128,8 +145,19 @@ def test_a_sticky_error_turns_every_later_request_into_unavailable(server):
     assert infer("http", server, "slow", x(0.0))["y"].item() == 0.0
 
 
+def pending(server, model: str) -> float:
+    """Triton's count of ``model``'s requests that wait for an instance."""
+    return value(scrape(server), "nv_inference_pending_request_count", model)
+
+
+def cancellations(server) -> int:
+    """Cancellations the server's gRPC frontend has passed on (logged with --log-verbose=1)."""
+    return server.log_text().count(CANCELLATION_ISSUED)
+
+
 @pytest.mark.parametrize("model", ["slow", "slow_batched"])
-def test_requests_cancelled_while_queued_are_not_computed(server, model):
+def test_requests_cancelled_while_queued_are_not_computed(server, signal_root, model):
+    held = signal_root / model
     client = grpcclient.InferenceServerClient(server.grpc_url)
     seen_before = int(infer("grpc", server, model, x(0.0))["seen"].item())
     results: dict[str, object] = {}
@@ -149,14 +177,23 @@ def test_requests_cancelled_while_queued_are_not_computed(server, model):
         inputs[0].set_data_from_numpy(x(pause)["x"])
         return client.async_infer(model, inputs, callback(key))
 
-    send("blocker", 4.0)  # one execution that sleeps 4 s
-    time.sleep(1.5)  # it is running now: the next ones queue behind it
-    queued = {f"q{i}": send(f"q{i}", 0.0) for i in range(6)}
-    time.sleep(0.3)
     cancelled = ["q0", "q2", "q4"]
-    for key in cancelled:
-        queued[key].cancel()
-    assert done.wait(120), results
+    send("blocker", DEADLINE)  # one execution, held until released
+    try:
+        wait_for((held / "running").exists, f"{model}: the blocker runs", deadline=DEADLINE)
+        issued = cancellations(server)
+        queued = {f"q{i}": send(f"q{i}", 0.0) for i in range(6)}
+        wait_for(lambda: pending(server, model) == 6, "six requests queue", deadline=DEADLINE)
+        for key in cancelled:
+            queued[key].cancel()
+        wait_for(
+            lambda: cancellations(server) == issued + len(cancelled),
+            "the server registers the cancellations",
+            deadline=DEADLINE,
+        )
+    finally:
+        (held / "release").touch()
+    assert done.wait(DEADLINE), results
     for key in cancelled:
         assert isinstance(results[key], InferenceServerException), results
         assert "cancelled" in str(results[key]).lower()
@@ -165,7 +202,9 @@ def test_requests_cancelled_while_queued_are_not_computed(server, model):
     # the model computed the blocker and the three live requests, nothing for cancelled ones
     assert max(computed) == seen_before + 4, results
     assert int(infer("grpc", server, model, x(0.0))["seen"].item()) == seen_before + 5
-    time.sleep(3 * metrics.FLUSH_SECONDS)
-    counted = value(scrape(server), metrics.FAILED.name, model, kind=RequestCancelled.kind)
-    assert counted == len(cancelled)  # the metrics count them as cancelled
+
+    def counted() -> float:  # the metrics count them as cancelled (flushed between executes)
+        return value(scrape(server), metrics.FAILED.name, model, kind=RequestCancelled.kind)
+
+    wait_for(lambda: counted() == len(cancelled), "3 cancelled requests counted", deadline=DEADLINE)
     client.close()

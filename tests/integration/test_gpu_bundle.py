@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from pytorch_backend.serving.server import TritonServer, assemble_backends
+from tests import prerequisites
 from tests.client_utils import client, make_inputs
 from tests.integration.conftest import _free_ports
 
@@ -42,7 +43,7 @@ def bundle(tmp_path_factory) -> tuple[dict, Path]:
     try:
         root = gpu_bundle.wheel_server_root()
     except gpu_bundle.BundleError as error:
-        pytest.skip(str(error))
+        prerequisites.missing("tritonserver wheel", str(error))
     import importlib.metadata
 
     key = hashlib.sha256(

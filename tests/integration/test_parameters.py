@@ -23,6 +23,7 @@ import torch
 from pytorch_backend.config.parameters import PARAMETERS
 from tests.client_utils import PROTOCOLS, InferenceServerException, infer, write_model
 from tests.custom_op import LIBRARY_NAME, build_op_library
+from tests.server_procs import server_stubs
 
 # --- TorchScript test models --------------------------------------------------------------------
 
@@ -522,24 +523,8 @@ def test_gpu_instance_without_cuda_fails_the_load_alone(server, protocol):
 
 def stub_pids(server, repo: Path, model: str) -> dict[str, int]:
     """``{instance name: pid}`` of the server's Python-backend stubs serving ``model``."""
-    script = str(repo / model / "1" / "model.py")
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.M)[1])
-        if (
-            ppid == server.server.pid
-            and argv[0].endswith(b"triton_python_backend_stub")
-            and argv[1].decode() == script
-        ):
-            found[argv[8].decode()] = int(entry)
-    return found
+    stubs = server_stubs(server.server.pid, repo / model / "1" / "model.py")
+    return {name: pid for pid, name in stubs.items()}
 
 
 def private_bytes(pid: int) -> int:

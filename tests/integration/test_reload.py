@@ -11,8 +11,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from tests.soak import reload
 from tests.soak.models import build_repository
+
+pytestmark = pytest.mark.slow
 
 
 def test_load_unload_cycles_leave_nothing_behind(triton, tmp_path):

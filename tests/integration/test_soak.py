@@ -12,8 +12,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from tests.soak import soak
 from tests.soak.models import build_repository
+
+pytestmark = pytest.mark.slow
 
 
 def test_short_soak(triton, tmp_path):

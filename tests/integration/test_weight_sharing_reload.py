@@ -24,6 +24,7 @@ from tests import server_procs as procs
 from tests.client_utils import InferenceServerException, client, make_inputs, write_model
 from tests.server_procs import diagnose, mapped_weight_files, server_stubs
 
+pytestmark = pytest.mark.slow
 MODEL = "ws_reload"
 CYCLES = 8
 DEADLINE = 120.0  # seconds for anything to happen (load, unload, stubs to exit)

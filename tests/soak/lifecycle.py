@@ -56,7 +56,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 
 from tests.client_utils import write_model  # noqa: E402
-from tests.server_procs import alive, diagnose, server_stubs, wait_for  # noqa: E402
+from tests.server_procs import alive, diagnose, server_stubs, stub_regions, wait_for  # noqa: E402
 from tests.soak.models import WIDTH, PoisonedMLP, mlp_reference  # noqa: E402
 
 MLPS = ("alpha", "beta", "gamma")
@@ -410,18 +410,6 @@ def run_cycles(
     }
 
 
-def _stub_regions(pids) -> dict[int, str]:
-    """The shared-memory region each stub maps (its command line's second argument)."""
-    regions = {}
-    for pid in pids:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        regions[pid] = argv[2].decode().lstrip("/")
-    return regions
-
-
 def kill_check(repo: Path, ports, log: Path, grace: float = 5.0) -> dict:
     """SIGKILL a server under load: its stubs must be gone ``grace`` s later, their shared memory
     unlinked, and a new server must start on the same ports."""
@@ -431,7 +419,7 @@ def kill_check(repo: Path, ports, log: Path, grace: float = 5.0) -> dict:
     try:
         server.wait_ready(timeout=600)
         stubs = server_stubs(server.pid)
-        regions = _stub_regions(stubs)
+        regions = stub_regions(stubs)
         with Load(f"localhost:{ports[0]}", f"localhost:{ports[1]}") as load:
             wait_for(lambda: sum(load.answered.values()) > 200, "the load is running", deadline=120)
             os.kill(server.pid, signal.SIGKILL)

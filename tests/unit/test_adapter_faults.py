@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pytorch_backend import logs
-from tests.unit.test_instance import ts_config, ts_repo
+from tests.unit.builders import ts_config, ts_repo
 
 
 class TritonError:

@@ -18,7 +18,7 @@ from pytorch_backend.requests import RequestInputs
 from pytorch_backend.runtime import cuda_graphs
 from pytorch_backend.runtime.cuda_graphs import GraphExecutor, pick_bucket
 from pytorch_backend.strings import Strings
-from tests.unit.test_instance import build, settings_logged, ts_config, ts_repo
+from tests.unit.builders import build, settings_logged, ts_config, ts_repo
 
 
 class FakeGraph:

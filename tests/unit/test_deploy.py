@@ -19,20 +19,22 @@ from pytorch_backend import metrics
 from pytorch_backend.serving.cli import build_parser
 from pytorch_backend.serving.server import (
     TritonServer,
-    TritonServerNotFoundError,
-    find_tritonserver,
     server_environment,
 )
-from tests import deploy_utils
+from tests import deploy_utils, prerequisites
 from tests.deploy_utils import OVERLAYS, ROOT, render
 
 KUBERNETES_VERSION = "1.30.0"
 CRD_GROUPS = ("monitoring.coreos.com/", "serving.kserve.io/")
 
-pytestmark = pytest.mark.skipif(
-    deploy_utils.kubectl() is None,
-    reason="kubectl is not installed: `kubectl kustomize` renders the overlays offline",
-)
+
+@pytest.fixture(autouse=True, scope="module")
+def needs_kubectl() -> None:
+    """Every test here renders the overlays with ``kubectl kustomize`` (offline)."""
+    if deploy_utils.kubectl() is None:
+        prerequisites.missing(
+            "kubectl", "`kubectl kustomize` renders the overlays (Debian: kubernetes-client)"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +159,7 @@ def test_shared_memory_and_resources(rendered, overlay):
 
 
 def test_deployment_and_runtime_arguments_are_tritonserver_options(rendered):
-    try:
-        server = find_tritonserver()
-    except TritonServerNotFoundError as error:
-        pytest.skip(f"needs tritonserver for its --help: {error}")
+    server = prerequisites.tritonserver()  # for its --help
     result = subprocess.run(
         [str(server), "--help"],
         env=server_environment(server),

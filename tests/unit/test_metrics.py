@@ -21,7 +21,7 @@ from pytorch_backend.instance import build_instance
 from pytorch_backend.requests import RequestInputs
 from pytorch_backend.runtime.execution import StickyErrorWatch
 from pytorch_backend.step_times import STEPS
-from tests.unit.test_instance import args, ts_config, ts_repo
+from tests.unit.builders import args, ts_config, ts_repo
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 LABELS = metrics.series_labels("m", "1", "m_0")
@@ -358,7 +358,7 @@ def test_warmup_false_sets_no_warmup_gauge(tmp_path):
 
 
 def test_enable_metrics_false_creates_no_series_and_is_logged(tmp_path):
-    from tests.unit.test_instance import Sink, settings_logged
+    from tests.unit.builders import Sink, settings_logged
 
     registry, sink = FakeRegistry(), Sink()
     config = ts_config(parameters={"ENABLE_METRICS": {"string_value": "false"}})
@@ -369,7 +369,7 @@ def test_enable_metrics_false_creates_no_series_and_is_logged(tmp_path):
 
 
 def test_a_server_without_a_metrics_api_is_logged(tmp_path):
-    from tests.unit.test_instance import Sink, settings_logged
+    from tests.unit.builders import Sink, settings_logged
 
     sink = Sink()
     build_instance(args(ts_repo(tmp_path / "a"), ts_config()), sink)

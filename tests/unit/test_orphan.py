@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pytorch_backend.runtime import orphan
-from tests.server_procs import alive
+from tests.server_procs import alive, children, wait_for
 
 # The "server": starts the "stub" and waits for the word to die. The stub starts its watchdog
 # (its parent is the server) and then sleeps, the way a hung teardown would.
@@ -37,19 +37,7 @@ STUB = textwrap.dedent(
 
 
 def _watchdogs_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if orphan.WATCHDOG_NAME.encode() in argv and stat.rsplit(")", 1)[1].split()[1] == str(
-                pid
-            ):
-                found.append(int(entry))
-    return found
+    return list(children(pid, lambda argv: orphan.WATCHDOG_NAME.encode() in argv))
 
 
 def _start_server(tmp_path: Path, region: Path, **popen) -> tuple[subprocess.Popen, int]:
@@ -97,6 +85,8 @@ def test_the_watchdog_ends_with_its_stub(tmp_path):
     stub = subprocess.Popen([sys.executable, "-c", STUB.format(region="")], stdout=subprocess.PIPE)
     try:
         assert stub.stdout.readline().strip() == b"False"  # not orphaned while its parent lives
+        # Popen returns while the watchdog's exec may still be under way (an empty cmdline)
+        wait_for(lambda: _watchdogs_of(stub.pid), "the stub's watchdog runs", deadline=60)
         (watchdog,) = _watchdogs_of(stub.pid)
         stub.kill()
         stub.wait()

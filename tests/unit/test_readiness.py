@@ -19,7 +19,7 @@ from pytorch_backend.errors import ModelFailure, RequestCancelled, Unavailable
 from pytorch_backend.instance import build_instance
 from pytorch_backend.requests import RequestInputs
 from pytorch_backend.runtime.execution import StickyErrorWatch, sticky_error_line, stop_server
-from tests.unit.test_instance import Sink, args, ts_config
+from tests.unit.builders import Sink, args, ts_config
 
 ILLEGAL = "CUDA error: an illegal memory access was encountered"
 
@@ -179,7 +179,7 @@ from pytorch_backend.config import InstanceKind
 from pytorch_backend.errors import ModelFailure, Unavailable
 from pytorch_backend.instance import build_instance
 from pytorch_backend.requests import RequestInputs
-from tests.unit.test_instance import Sink, args, io
+from tests.unit.builders import Sink, args, io
 
 class Lookup(torch.nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

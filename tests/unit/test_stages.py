@@ -22,7 +22,7 @@ from pytorch_backend.stages.cancellation import (
 )
 from pytorch_backend.step_times import StepTimes
 from tests.unit import test_sequence
-from tests.unit.test_instance import build, settings_logged, ts_config, ts_repo
+from tests.unit.builders import build, settings_logged, ts_config, ts_repo
 
 
 def req(value: float, cancelled=None) -> RequestInputs:

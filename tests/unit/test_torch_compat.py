@@ -162,7 +162,7 @@ def test_jit_load_on_this_torch_warns_nothing_through_quiet(tmp_path):
 
 def test_an_unsupported_torch_fails_the_load_naming_the_version(tmp_path, monkeypatch):
     from pytorch_backend.errors import ModelLoadError
-    from tests.unit.test_instance import build, ts_config, ts_repo
+    from tests.unit.builders import build, ts_config, ts_repo
 
     model_dir = ts_repo(tmp_path)
     monkeypatch.setattr(torch, "__version__", "2.6.0+cu124")

@@ -6,7 +6,7 @@ import pytest
 
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.runtime.trust import check_model_files
-from tests.unit.test_instance import build, settings_logged, ts_config, ts_repo
+from tests.unit.builders import build, settings_logged, ts_config, ts_repo
 
 REFUSE = {"parameters": {"REFUSE_WRITABLE_MODEL_DIRECTORY": {"string_value": "true"}}}
 

@@ -16,7 +16,7 @@ from pytorch_backend.executors.torchscript.executor import TORCHSCRIPT_RUNS
 from pytorch_backend.instance import build_instance
 from pytorch_backend.logs import InstanceLog
 from pytorch_backend.runtime import warmup
-from tests.unit.test_instance import Sink, args, io, ts_config, ts_repo
+from tests.unit.builders import Sink, args, io, ts_config, ts_repo
 
 
 def config(max_batch_size: int, preferred=None, inputs=None, **fields):

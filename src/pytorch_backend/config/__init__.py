@@ -4,12 +4,12 @@ from .enums import GradPolicy, InstanceKind, ModelKind, NamingConvention, Output
 from .model_config import (
     InstanceGroup,
     ModelConfig,
-    TensorSpec,
     parse_model_config,
     parse_model_header,
 )
 from .parameter_parsing import parse_parameters
 from .parameters import BackendParameters
+from .tensor_spec import TensorSpec
 
 __all__ = [
     "BackendParameters",

@@ -12,28 +12,8 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import ModelLoadError
-from .dtypes import STRING, SUPPORTED
 from .sequence import SequenceConfig, parse_sequence_batching
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One config input or output."""
-
-    name: str
-    dtype: str  # Triton type name without the TYPE_ prefix, e.g. "FP32", "STRING"
-    dims: tuple[int, ...]  # as written in the config, without the batch dimension
-    reshape: tuple[int, ...] | None = None
-    optional: bool = False
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Per-item shape the backend sees (``reshape`` when given, else ``dims``)."""
-        return self.reshape if self.reshape is not None else self.dims
-
-    @property
-    def is_string(self) -> bool:
-        return self.dtype == STRING
+from .tensor_spec import TensorSpec, parse_tensor_spec
 
 
 @dataclass(frozen=True)
@@ -60,10 +40,6 @@ class ModelConfig:
     sequence: SequenceConfig | None = None
     #: ``dynamic_batching { preferred_batch_size: [...] }`` (empty when not given).
     preferred_batch_sizes: tuple[int, ...] = ()
-
-    @property
-    def sequence_batching(self) -> bool:
-        return self.sequence is not None
 
     @property
     def batching(self) -> bool:
@@ -94,31 +70,6 @@ class ModelConfig:
         return ModelLoadError(message, model=self.name)
 
 
-def _dims(raw: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in (raw or ()))
-
-
-def _tensor_spec(model: str, kind: str, raw: Mapping[str, Any]) -> TensorSpec:
-    name = raw.get("name", "")
-    data_type = raw.get("data_type", "")
-    dtype = data_type[5:] if data_type.startswith("TYPE_") else data_type
-    if dtype not in SUPPORTED:
-        supported = ", ".join(f"TYPE_{t}" for t in sorted(SUPPORTED))
-        raise ModelLoadError(
-            f"unsupported data_type {data_type!r} for {kind} '{name}' (supported: {supported})",
-            model=model,
-        )
-    reshape_raw = raw.get("reshape")
-    reshape = _dims(reshape_raw.get("shape")) if reshape_raw else None
-    return TensorSpec(
-        name=name,
-        dtype=dtype,
-        dims=_dims(raw.get("dims")),
-        reshape=reshape,
-        optional=bool(raw.get("optional", False)),
-    )
-
-
 def _string_parameters(model: str, raw: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in (raw or {}).items():
@@ -145,8 +96,8 @@ def parse_model_config(raw: str | Mapping[str, Any]) -> ModelConfig:
     max_batch_size = int(data.get("max_batch_size", 0) or 0)
     if max_batch_size < 0:
         raise ModelLoadError(f"max_batch_size must be >= 0, got {max_batch_size}", model=name)
-    inputs = tuple(_tensor_spec(name, "input", i) for i in data.get("input", ()))
-    outputs = tuple(_tensor_spec(name, "output", o) for o in data.get("output", ()))
+    inputs = tuple(parse_tensor_spec(name, "input", i) for i in data.get("input", ()))
+    outputs = tuple(parse_tensor_spec(name, "output", o) for o in data.get("output", ()))
     sequence = parse_sequence_batching(
         name, data.get("sequence_batching"), [o.name for o in outputs]
     )

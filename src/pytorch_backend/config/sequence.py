@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from .dtypes import STRING, SUPPORTED
+from .tensor_spec import TensorSpec, parse_dims
 
 START = "CONTROL_SEQUENCE_START"
 END = "CONTROL_SEQUENCE_END"
@@ -89,18 +90,14 @@ class SequenceConfig:
         """Inputs TorchScript binds by their own ``<name>__<index>`` whatever the convention."""
         return self.control_names | self.state_inputs
 
-    def input_specs(self) -> tuple[Any, ...]:
+    def input_specs(self) -> tuple[TensorSpec, ...]:
         """The controls (dims ``[1]``) and state inputs, as config input specs."""
-        from .model_config import TensorSpec
-
         controls = tuple(TensorSpec(c.name, c.dtype, (1,)) for c in self.controls)
         states = tuple(TensorSpec(s.input_name, s.dtype, s.dims) for s in self.states)
         return controls + states
 
-    def output_specs(self) -> tuple[Any, ...]:
+    def output_specs(self) -> tuple[TensorSpec, ...]:
         """State outputs not also declared in ``output``, as config output specs."""
-        from .model_config import TensorSpec
-
         return tuple(
             TensorSpec(s.output_name, s.dtype, s.dims)
             for s in self.states
@@ -111,10 +108,6 @@ class SequenceConfig:
 def _type(raw: Any) -> str:
     text = str(raw or "")
     return text[5:] if text.startswith("TYPE_") else text
-
-
-def _dims(raw: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in (raw or ()))
 
 
 def _entries(raw: Any) -> list[Mapping[str, Any]]:
@@ -172,7 +165,7 @@ def _initial(error, state: str, raw: Sequence[Mapping[str, Any]]) -> InitialStat
             f"sequence_batching state '{state}' initial_state must set exactly one of "
             "zero_data or data_file"
         )
-    dims = _dims(entry.get("dims"))
+    dims = parse_dims(entry.get("dims"))
     if any(d < 0 for d in dims):
         raise error(
             f"sequence_batching state '{state}' initial_state dims {list(dims)} must be fixed"
@@ -188,7 +181,7 @@ def _state(error, raw: Mapping[str, Any]) -> StateSpec:
             f"input_name={input_name!r}, output_name={output_name!r}"
         )
     dtype = _type(raw.get("data_type"))
-    dims = _dims(raw.get("dims"))
+    dims = parse_dims(raw.get("dims"))
     if dtype == STRING and len(dims) != 1:
         # A string state is one List[str]; .pt2 and torch.export refuse it when binding.
         raise error(

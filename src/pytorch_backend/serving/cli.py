@@ -1,6 +1,7 @@
 """The ``pytorch-backend`` command: serve a model repository, build examples, write backends.
 
-Every user error ends with one line on stderr (``pytorch-backend: error: ...``) and exit code 1.
+Every user error (a :class:`~pytorch_backend.serving.errors.ToolError`) ends with one line on
+stderr (``pytorch-backend: error: ...``) and exit code 1.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
+from .errors import ToolError
 from .serve_args import CliError, check_address, check_ports, check_server_args
 from .server import (
-    BackendAssemblyError,
     ModelStatus,
     ServerError,
     TritonServer,
-    TritonServerNotFoundError,
     assemble_backends,
     check_pytorch_alias,
     client_host,
@@ -200,35 +200,29 @@ def _factory(path: str) -> object:
 
 
 def _package(args: argparse.Namespace) -> int:
-    from .package import PackageError, package
+    from .package import package
 
     module = _factory(args.factory)
     examples = [_example(spec, i) for i, spec in enumerate(args.input)]
-    try:
-        package(
-            module,
-            examples,
-            args.repository,
-            args.name,
-            format=args.format,
-            max_batch_size=args.max_batch_size,
-            version=args.version,
-            overwrite=args.overwrite,
-            compile_cache=args.compile_cache,
-        )
-    except PackageError as error:
-        raise CliError(str(error)) from None
+    package(
+        module,
+        examples,
+        args.repository,
+        args.name,
+        format=args.format,
+        max_batch_size=args.max_batch_size,
+        version=args.version,
+        overwrite=args.overwrite,
+        compile_cache=args.compile_cache,
+    )
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import ConvertError, convert
+    from .convert import convert
 
     options = {"version": args.version, "sample_inputs": args.samples}
-    try:
-        convert(args.model_dir, args.output_dir, **options, overwrite=args.overwrite)
-    except ConvertError as error:
-        raise CliError(str(error)) from None
+    convert(args.model_dir, args.output_dir, **options, overwrite=args.overwrite)
     return 0
 
 
@@ -244,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pytorch-backend``."""
     parser = argparse.ArgumentParser(
         prog="pytorch-backend",
-        description="Serve TorchScript and AOT-Inductor models on Triton (Python backend).",
+        description="Serve PyTorch models (TorchScript, AOT-Inductor, torch.export, nn.Module) on "
+        "Triton (Python backend).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -342,7 +337,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.server_args = server_args
     try:
         return args.func(args)
-    except (CliError, TritonServerNotFoundError, BackendAssemblyError) as error:
+    except ToolError as error:  # CliError, PackageError, ConvertError, BackendAssemblyError...
         print(f"pytorch-backend: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # interrupted before serving started

@@ -30,6 +30,7 @@ from ..errors import PyTorchBackendError
 from ..executors.binding.forward import Binding, bind_inputs, bind_outputs, positional_args
 from ..executors.registry import AOTI_PLATFORM, artifact_path
 from ..executors.torchscript.executor import load_torchscript, signature_of
+from .errors import ToolError
 from .package import Progress, _stderr
 from .package_pt2 import utf8_ctype
 
@@ -45,7 +46,7 @@ _VARIABLE_DIM = 3  # the size a -1 dimension gets in generated samples
 _FAILED_NODE = re.compile(r"failed for node (\S+)")
 
 
-class ConvertError(Exception):
+class ConvertError(ToolError):
     """The model cannot be converted; nothing was written."""
 
 

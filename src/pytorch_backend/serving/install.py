@@ -20,7 +20,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Optional
 
-from ..errors import PyTorchBackendError
+from .errors import ToolError
 
 NGC_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
 """Where the NGC ``tritonserver`` container installs the server."""
@@ -35,11 +35,11 @@ CPP_PYTORCH_LIBRARY = "libtriton_pytorch.so"
 """The C++ PyTorch backend, ``<backends>/pytorch/libtriton_pytorch.so`` (wins over model.py)."""
 
 
-class TritonServerNotFoundError(PyTorchBackendError):
+class TritonServerNotFoundError(ToolError):
     """No ``tritonserver`` binary could be found."""
 
 
-class BackendAssemblyError(PyTorchBackendError):
+class BackendAssemblyError(ToolError):
     """The backends folder cannot be built from the server installation."""
 
 

@@ -19,18 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 
 from ..config.dtypes import TORCH_TO_TRITON
 from ..executors.description import ModelIO, TensorIO, sidecar_path, sidecar_text
+from .package_common import PackageError, check_close
+from .package_pt2 import build_pt2
 from .pbtxt import config_text
 
 FORMATS = ("pt2", "torchscript", "eager")
 _ARTIFACTS = {"pt2": "model.pt2", "torchscript": "model.pt", "eager": "model.pt"}
-
-
-class PackageError(Exception):
-    """Packaging failed; nothing was written."""
 
 
 class Progress:
@@ -101,8 +98,6 @@ def package(
         version_dir = staging / str(version)
         version_dir.mkdir(parents=True)
         if format == "pt2":
-            from .package_pt2 import build_pt2
-
             io = build_pt2(
                 module, args, kwargs, expected, version_dir / artifact, max_batch_size,
                 dynamic_shapes, (rtol, atol), step,
@@ -144,35 +139,6 @@ def _install(staging: Path, model_dir: Path, overwrite: bool) -> None:
         if target.exists() and not overwrite:  # pragma: no cover - checked before
             raise PackageError(f"{target} already exists")
         shutil.move(str(source), str(target))
-
-
-def check_close(expected: Any, actual: Any, tolerances: tuple[float, float], what: str) -> None:
-    """Raise PackageError unless every leaf of ``actual`` equals ``expected`` (within tolerance)."""
-    rtol, atol = tolerances
-    want, got = pytree.tree_leaves(expected), pytree.tree_leaves(actual)
-    if len(want) != len(got):
-        raise PackageError(f"{what} returned {len(got)} outputs, the module {len(want)}")
-    for i, (a, b) in enumerate(zip(want, got)):
-        if isinstance(a, torch.Tensor):
-            same = (
-                isinstance(b, torch.Tensor)
-                and a.shape == b.shape
-                and a.dtype == b.dtype
-                and torch.allclose(a, b.to(a.device), rtol=rtol, atol=atol, equal_nan=True)
-            )
-        else:
-            same = a == b
-        if not same:
-            raise PackageError(
-                f"{what} differs from the module's eager output at output leaf {i}: "
-                f"expected {_short(a)}, got {_short(b)}"
-            )
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"{value.dtype} {list(value.shape)} {value.flatten()[:4].tolist()}"
-    return repr(value)[:80]
 
 
 def _is_strings(value: Any) -> bool:

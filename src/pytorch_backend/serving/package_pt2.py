@@ -16,7 +16,7 @@ import torch.utils._pytree as pytree
 from ..config import ModelConfig
 from ..executors.description import DescribeContext, ModelIO
 from ..logs import InstanceLog
-from .package import PackageError, check_close
+from .package_common import PackageError, check_close
 
 
 @contextlib.contextmanager

@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..executors.eager.compile_cache import ENV, INDUCTOR, PACKAGED
+from .errors import ToolError
 
 SAVED = "compile cache: saved"
 
 
-class CompileCacheError(Exception):
+class CompileCacheError(ToolError):
     """Compiling the staged model failed (the message holds the end of its log)."""
 
 

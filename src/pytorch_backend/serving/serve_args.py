@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping, Sequence
 
+from .errors import ToolError
 from .server import port_in_use
 
 #: tritonserver flags that ``serve`` sets itself, and what to use instead.
@@ -23,7 +24,7 @@ OWN_FLAGS = {
 }
 
 
-class CliError(Exception):
+class CliError(ToolError):
     """A user-facing error: printed as one line, exit code 1."""
 
 

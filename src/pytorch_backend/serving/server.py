@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional, Union
 
-from ..errors import PyTorchBackendError
+from .errors import ToolError
 from .install import (
     BackendAssemblyError,
     TritonServerNotFoundError,
@@ -52,7 +52,7 @@ LOCALE_VARIABLES = ("LANG", "LANGUAGE", "PYTHONUTF8", "PYTHONCOERCECLOCALE")
 LogTarget = Union[str, os.PathLike, IO, None]
 
 
-class ServerError(PyTorchBackendError):
+class ServerError(ToolError):
     """The server died or did not become ready; ``log_tail`` holds the end of its log."""
 
     def __init__(self, message: str, *, returncode: Optional[int] = None, log_tail: str = ""):
