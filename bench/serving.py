@@ -112,6 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--kind", choices=("cpu", "gpu"), default="cpu", help="instance kind (cpu)")
     add("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="output folder")
     add("--log", type=Path, help="keep the tritonserver log in this file (per footing)")
+    add("--start-attempts", type=int, default=3, help="servers per footing if one crashes (3)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seconds, args.rounds, args.warmup, args.raw_seconds = 0.3, 2, 0.0, 0.05
@@ -130,6 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("the empty and raw variants are the references: keep them")
     if args.seconds <= 0 or args.rounds < 1 or min(args.concurrency) < 1:
         parser.error("--seconds must be > 0, --rounds and every concurrency >= 1")
+    if args.start_attempts < 1:
+        parser.error(f"--start-attempts must be >= 1, got {args.start_attempts}")
     if args.threads is not None and args.footings is not None:
         parser.error("--threads N is --footings N: give one of them")
     if args.threads is not None and args.threads < 1:
@@ -169,50 +172,77 @@ def describe_footing(threads: int | None, kind: str) -> dict:
     }
 
 
-def serve_footing(binary: Path, models: list[BenchModel], variants, args, threads) -> dict:
-    """One footing on a fresh tritonserver: its measurements, or an ``error`` message."""
-    footing = describe_footing(threads, args.kind)
-    footing["load_average_start"] = list(os.getloadavg())
-    print(f"footing {footing['footing']}: {footing['description']}", flush=True)
+def _server(root: Path, binary: Path, args, label: str) -> TritonServer:
+    """A tritonserver on ``root``'s repository, free ports, the log where ``--log`` says."""
+    log = root / "tritonserver.log"
+    if args.log is not None:
+        log = (
+            args.log if len(args.footings) == 1 else args.log.with_stem(f"{args.log.stem}-{label}")
+        )
+    http_port, grpc_port, metrics_port = free_ports(3)
+    return TritonServer(
+        root / "repository",
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        log=log,
+        server=binary,
+        backend_directory=assemble_backends(root / "backends", binary),
+        extra_args=["--exit-timeout-secs=5"],
+        env_overrides={"OMP_NUM_THREADS": str(args.omp_threads)} if args.omp_threads else None,
+    )
+
+
+def _attempt(binary: Path, models: list[BenchModel], variants, args, threads, label) -> dict:
+    """One fresh server for a footing: ``measured`` and ``server_ready_s``, or an ``error`` with
+    ``died`` (the server itself crashed: worth another attempt)."""
     with tempfile.TemporaryDirectory(prefix="pytorch-backend-bench-") as tmp:
         root = Path(tmp)
         write_repository(
             root / "repository", models, variants, args.eager_compile, args.kind, threads
         )
-        backends = assemble_backends(root / "backends", binary)
-        http_port, grpc_port, metrics_port = free_ports(3)
-        log = root / "tritonserver.log"
-        if args.log is not None:
-            single = len(args.footings) == 1
-            log = (
-                args.log if single else args.log.with_stem(f"{args.log.stem}-{footing['footing']}")
-            )
-        server = TritonServer(
-            root / "repository",
-            http_port=http_port,
-            grpc_port=grpc_port,
-            metrics_port=metrics_port,
-            log=log,
-            server=binary,
-            backend_directory=backends,
-            extra_args=["--exit-timeout-secs=5"],
-            env_overrides={"OMP_NUM_THREADS": str(args.omp_threads)} if args.omp_threads else None,
-        )
+        server = _server(root, binary, args, label)
         with server:
             load_start = time.perf_counter()
             try:
                 statuses = server.wait_ready(timeout=900)
             except ServerError as error:
-                return {"error": str(error)}
+                return {"error": str(error), "died": server.returncode is not None}
             broken = [m for m in statuses if m.state != "READY"]
             if broken:
                 reasons = "\n".join(f"model {m.name} is {m.state}: {m.reason}" for m in broken)
-                return {"error": f"{reasons}\n{server.log_tail()}"}
-            footing["server_ready_s"] = time.perf_counter() - load_start
-            url = f"127.0.0.1:{grpc_port}"
-            measured = asyncio.run(run_all(url, metrics_port, models, variants, args, threads))
+                return {"error": f"{reasons}\n{server.log_tail()}", "died": False}
+            ready = time.perf_counter() - load_start
+            url, port = f"127.0.0.1:{server.grpc_port}", server.metrics_port
+            try:
+                measured = asyncio.run(run_all(url, port, models, variants, args, threads))
+            except Exception as error:  # a crashed server fails whatever call was running
+                if server.returncode is None:
+                    raise
+                return {"error": f"died during the run: {error}\n{server.log_tail()}", "died": True}
+    return {"measured": measured, "server_ready_s": ready}
+
+
+def serve_footing(binary: Path, models: list[BenchModel], variants, args, threads) -> dict:
+    """One footing on a fresh tritonserver (another one if the server crashes, up to
+    ``--start-attempts``; each crash is recorded): its summary, or an ``error`` message."""
+    footing = describe_footing(threads, args.kind)
+    footing["load_average_start"] = list(os.getloadavg())
+    footing["server_crashes"] = []
+    print(f"footing {footing['footing']}: {footing['description']}", flush=True)
+    for _ in range(args.start_attempts):
+        outcome = _attempt(binary, models, variants, args, threads, footing["footing"])
+        if "error" not in outcome or not outcome["died"]:
+            break
+        lines = [line.strip() for line in outcome["error"].splitlines() if line.strip()]
+        key = [line for line in lines if "exception" in line or "Signal" in line] or lines[-1:]
+        footing["server_crashes"].append(key[0][:300])
+        print(f"tritonserver crashed ({key[0][:300]}); a fresh one...", file=sys.stderr)
+    if "error" in outcome:
+        return outcome
+    footing["server_ready_s"] = outcome["server_ready_s"]
     footing["load_average_end"] = list(os.getloadavg())
-    return summarize_footing(measured, footing)
+    return summarize_footing(outcome["measured"], footing)
 
 
 def main(argv: list[str] | None = None) -> int:

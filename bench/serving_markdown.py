@@ -27,6 +27,16 @@ def _ranged(rounds: dict | None, digits: int = 2) -> str:
     return f"{median} ({low}–{high})"
 
 
+def _crashes(crashes: list[str]) -> str:
+    if not crashes:
+        return ""
+    return (
+        f" Measured on a fresh server after {len(crashes)} tritonserver crash(es): "
+        + "; ".join(f"`{c}`" for c in crashes)
+        + "."
+    )
+
+
 def _header(report: dict) -> list[str]:
     m = report["machine"]
     commit = m.get("git_commit") or "unknown"
@@ -43,6 +53,7 @@ def _header(report: dict) -> list[str]:
             f"* Footing **{f['footing']}**: {f['description']}; all models READY after "
             f"{f['server_ready_s']:.1f} s; load average {f['load_average_start'][0]:.2f} at "
             f"start, {f['load_average_end'][0]:.2f} at end; {f['step_profile']}."
+            + _crashes(f.get("server_crashes") or [])
         )
     return [*lines, ""]
 

@@ -89,8 +89,9 @@ def test_footings_parse_and_threads_reach_every_side():
     args = serving.parse_args(["--footings", "defaults,2"])
     assert args.footings == [None, 2] and args.rounds >= 5 and args.seconds >= 3
     assert serving.parse_args(["--threads", "3"]).footings == [3]
-    with pytest.raises(SystemExit):
-        serving.parse_args(["--threads", "0"])
+    for bad in (["--threads", "0"], ["--threads", "1", "--footings", "2"], ["--footings", "x"]):
+        with pytest.raises(SystemExit):
+            serving.parse_args(bad)
     mlp = MODELS["mlp"]
     assert 'key: "INTRA_OP_THREAD_COUNT" value: { string_value: "2" }' in config_text(
         mlp, "ts", "{}", threads=2
@@ -129,6 +130,7 @@ def _block(with_steps: bool) -> Block:
 def test_report_gives_round_ratios_spread_overhead_and_step_profile(with_steps):
     footing = {"footing": "defaults", "threads": None, "description": "defaults vs defaults"}
     footing |= {"server_ready_s": 1.0, "load_average_start": [1.0], "load_average_end": [2.0]}
+    footing["server_crashes"] = ["what():  boost::interprocess::lock_exception"]
     measured = {"cold": {}, "blocks": [_block(with_steps)]}
     part = summarize_footing(measured, footing)
     rows = {r["variant"]: r for r in part["results"]}
@@ -151,6 +153,7 @@ def test_report_gives_round_ratios_spread_overhead_and_step_profile(with_steps):
     text = markdown(report)
     assert "**MLP, concurrency 16**" in text and "1.50 (1.00–2.00)" in text
     assert "defaults vs defaults" in text and "git commit abc" in text
+    assert "after 1 tritonserver crash(es): `what():  boost::interprocess::lock_exception`" in text
     if with_steps:
         assert ts["steps_ms_per_exec"]["read"] == pytest.approx(0.25)
         assert NOT_EXPOSED not in text and "| cancel_check |" in text
