@@ -26,9 +26,9 @@ hand-written model.py files and for raw); ``--footings defaults,1`` runs each on
 and writes one combined report. Writes ``serving.json``, ``serving.md`` and ``serving.png`` to
 ``--out``.
 
-Run: ``python bench/serving.py`` (about 12 min on 2 cores; the AOTI packages compile once, ~30 s
-each, and are cached under ``.test-artifacts/bench/``); ``--smoke`` for a short check of the
-whole path.
+Run: ``python bench/serving.py`` (about 9.5 min of warm-up and measured load plus model loading;
+the AOTI packages compile once, ~30 s each, and are cached under ``.test-artifacts/bench/``);
+``--smoke`` for a short check of the whole path.
 """
 
 from __future__ import annotations
