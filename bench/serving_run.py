@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from serving_load import (
+    Load,
     bucket_sizes,
     closed_loop,
     infer_once,
@@ -89,9 +90,10 @@ class Session:
     metrics_port: int
     threads: int | None  # the footing: None = each side's default, N = equal threads
     last_active: dict[str, float] = field(default_factory=dict)  # served name -> time
-    pending: dict[str, tuple] = field(default_factory=dict)  # name -> (steps before, rounds)
+    pending: dict[str, tuple] = field(default_factory=dict)  # name -> (steps before, slot)
 
-    async def load(self, model: BenchModel, name: str, seconds: float, concurrency: int):
+    async def load(self, model: BenchModel, name: str, seconds: float, concurrency: int) -> Load:
+        """Closed-loop load on ``name``; remembers when the model was last busy."""
         try:
             return await closed_loop(
                 self.client,
@@ -194,6 +196,9 @@ async def run_all(url: str, metrics_port: int, models, variants, args, threads) 
     session = Session(client, args, metrics_port, threads)
     try:
         cold = await cold_start(client, models, variants, args.follow, args.kind)
+        for model in models:  # their counters may still hold the cold start's requests
+            for variant in model.variants(variants):
+                session.last_active[served_name(model, variant)] = time.monotonic()
         blocks: list[Block] = []
         for model in models:
             module = model.make()
