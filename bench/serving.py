@@ -188,14 +188,16 @@ def _server(root: Path, binary: Path, args, label: str) -> TritonServer:
         log=log,
         server=binary,
         backend_directory=assemble_backends(root / "backends", binary),
-        extra_args=["--exit-timeout-secs=5"],
+        # A load slower than the Python backend's default 30 s stub timeout (a CNN's warm-up on a
+        # busy machine) leaves tritonserver waiting forever on the stub it gave up on.
+        extra_args=["--exit-timeout-secs=5", "--backend-config=python,stub-timeout-seconds=600"],
         env_overrides={"OMP_NUM_THREADS": str(args.omp_threads)} if args.omp_threads else None,
     )
 
 
 def _attempt(binary: Path, models: list[BenchModel], variants, args, threads, label) -> dict:
     """One fresh server for a footing: ``measured`` and ``server_ready_s``, or an ``error`` with
-    ``died`` (the server itself crashed: worth another attempt)."""
+    ``died`` (the server crashed or never got ready: worth another attempt)."""
     with tempfile.TemporaryDirectory(prefix="pytorch-backend-bench-") as tmp:
         root = Path(tmp)
         write_repository(
@@ -206,8 +208,8 @@ def _attempt(binary: Path, models: list[BenchModel], variants, args, threads, la
             load_start = time.perf_counter()
             try:
                 statuses = server.wait_ready(timeout=900)
-            except ServerError as error:
-                return {"error": str(error), "died": server.returncode is not None}
+            except ServerError as error:  # crashed, or stuck loading past the timeout
+                return {"error": str(error), "died": True}
             broken = [m for m in statuses if m.state != "READY"]
             if broken:
                 reasons = "\n".join(f"model {m.name} is {m.state}: {m.reason}" for m in broken)
@@ -224,8 +226,8 @@ def _attempt(binary: Path, models: list[BenchModel], variants, args, threads, la
 
 
 def serve_footing(binary: Path, models: list[BenchModel], variants, args, threads) -> dict:
-    """One footing on a fresh tritonserver (another one if the server crashes, up to
-    ``--start-attempts``; each crash is recorded): its summary, or an ``error`` message."""
+    """One footing on a fresh tritonserver (another one if the server crashes or hangs while
+    loading, up to ``--start-attempts``; each is recorded): its summary, or an ``error``."""
     footing = describe_footing(threads, args.kind)
     footing["load_average_start"] = list(os.getloadavg())
     footing["server_crashes"] = []
@@ -235,7 +237,7 @@ def serve_footing(binary: Path, models: list[BenchModel], variants, args, thread
         if "error" not in outcome or not outcome["died"]:
             break
         lines = [line.strip() for line in outcome["error"].splitlines() if line.strip()]
-        key = [line for line in lines if "exception" in line or "Signal" in line] or lines[-1:]
+        key = [line for line in lines if "exception" in line or "Signal" in line] or lines[:1]
         footing["server_crashes"].append(key[0][:300])
         print(f"tritonserver crashed ({key[0][:300]}); a fresh one...", file=sys.stderr)
     if "error" in outcome:
