@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -29,13 +30,17 @@ from pathlib import Path
 
 import torch
 
-from pytorch_backend.config import parse_model_config
-from pytorch_backend.config.parameters import BackendParameters
-from pytorch_backend.engine import InferenceEngine
-from pytorch_backend.executors.torchscript.executor import TorchScriptExecutor
-from pytorch_backend.hooks import Hooks
-from pytorch_backend.requests import RequestInputs
-from pytorch_backend.runtime.execution import GradPolicyHook
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import provenance  # noqa: E402
+
+from pytorch_backend.config import parse_model_config  # noqa: E402
+from pytorch_backend.config.parameters import BackendParameters  # noqa: E402
+from pytorch_backend.engine import InferenceEngine  # noqa: E402
+from pytorch_backend.executors.torchscript.executor import TorchScriptExecutor  # noqa: E402
+from pytorch_backend.hooks import Hooks  # noqa: E402
+from pytorch_backend.requests import RequestInputs  # noqa: E402
+from pytorch_backend.runtime.execution import GradPolicyHook  # noqa: E402
 
 REQUEST_COUNTS = (1, 8, 32)
 ROUNDS = 21  # interleaved timing rounds per case
@@ -173,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    machine = provenance()
     print(
         f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
         f"{torch.get_num_interop_threads()} inter-op threads, Python {platform.python_version()}"
@@ -196,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     if args.json is not None:
+        machine["load_average_end"] = list(os.getloadavg())
         result = {
+            "machine": machine,
+            "min_time": args.min_time,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "rows": [

@@ -232,7 +232,7 @@ def steps(ctx: Context) -> list[Step]:
     no_numpy1 = {"PYTHONPATH": ctx.env.get("PYTHONPATH", "").split(os.pathsep, 1)[-1]}
     serving = [py, "bench/serving.py", "--kind", "gpu", "--models", "mlp,cnn"]
     serving += ["--variants", "ts,eager,lean,empty,raw", "--concurrency", "1,16,64"]
-    serving += ["--seconds", "2", "--rounds", "2", "--follow", "5", "--out", str(logs / "serving")]
+    serving += ["--seconds", "1", "--rounds", "2", "--follow", "5", "--out", str(logs / "serving")]
     engine = [py, "bench/gpu_engine.py"]
     unit = [*pytest, *cuda_test_files(REPO_ROOT / "tests/unit")]
     return [

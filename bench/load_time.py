@@ -4,17 +4,25 @@ For every ``<repository>/<model>`` given (default: the examples, built with ``py
 examples``), a child process imports torch, then builds one KIND_CPU instance of version 1
 exactly as the server's ``initialize`` does (``build_instance``: config, parameters, artifact,
 executor, warm-up). Reported: seconds to import torch, and seconds of the instance load after
-it (the target for ``.pt2`` packages is at most 1 s). Run:
-``python bench/load_time.py [MODEL_DIR ...] [--json OUT]``.
+it (the target for ``.pt2`` packages is at most 1 s). Each model is measured ``--repeat`` times,
+interleaved, and the medians are reported; the JSON also records the machine, the git commit
+and the load average (``provenance.py``). Run:
+``python bench/load_time.py [MODEL_DIR ...] [--repeat N] [--json OUT]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import provenance  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "model_repository_examples"
@@ -54,24 +62,51 @@ def measure(model_dir: Path) -> dict:
     return {"model": model_dir.name, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
+def measure_repeated(models: list[Path], repeat: int) -> list[dict]:
+    """Every model ``repeat`` times, interleaved; per model each figure's runs and their median."""
+    runs: dict[str, list[dict]] = {}
+    for _ in range(repeat):
+        for model in models:
+            runs.setdefault(model.name, []).append(measure(model))
+    rows = []
+    for name, results in runs.items():
+        good = [r for r in results if "error" not in r]
+        if not good:
+            rows.append(results[0])
+            continue
+        row: dict = {"model": name, "runs": len(good)}
+        for key in ("import_torch_s", "load_s", "beyond_import_torch_s"):
+            values = [r[key] for r in good]
+            row[key] = statistics.median(values)
+            row[f"{key}_all"] = values
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="*", type=Path, help="model directories (version 1)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per model, interleaved (3)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
     models = args.models or [EXAMPLES / name for name in DEFAULT_MODELS]
-    rows = [measure(model) for model in models]
-    print(f"{'model':<20} {'import torch':>12} {'load':>8} {'beyond torch':>13}")
+    machine = provenance()
+    rows = measure_repeated(models, max(1, args.repeat))
+    print(f"medians of {max(1, args.repeat)} runs")
+    print(f"{'model':<20} {'import torch':>12} {'load':>8} {'beyond torch':>13}  beyond torch, all")
     for row in rows:
         if "error" in row:
             print(f"{row['model']:<20} error: {row['error']}")
             continue
+        every = ", ".join(f"{v:.2f}" for v in row["beyond_import_torch_s_all"])
         print(
             f"{row['model']:<20} {row['import_torch_s']:>11.2f}s {row['load_s']:>7.2f}s "
-            f"{row['beyond_import_torch_s']:>12.2f}s"
+            f"{row['beyond_import_torch_s']:>12.2f}s  {every}"
         )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        machine["load_average_end"] = list(os.getloadavg())
+        result = {"machine": machine, "repeat": args.repeat, "rows": rows}
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

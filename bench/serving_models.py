@@ -178,6 +178,7 @@ NAIVE_MODEL_PY = textwrap.dedent(
     '''\
     """What a user writes by hand: one forward per request, through NumPy both ways."""
 
+    import json
     from pathlib import Path
 
     import torch
@@ -186,6 +187,10 @@ NAIVE_MODEL_PY = textwrap.dedent(
 
     class TritonPythonModel:
         def initialize(self, args):
+            parameters = json.loads(args["model_config"]).get("parameters", {})
+            threads = parameters.get("BENCH_THREADS", {}).get("string_value")
+            if threads:  # the benchmark's equal-threads footing; unset: torch's default
+                torch.set_num_threads(int(threads))
             path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
             gpu = args.get("model_instance_kind") == "GPU"
             self.device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
@@ -209,6 +214,7 @@ LEAN_MODEL_PY = textwrap.dedent(
     '''\
     """A careful hand-written model.py: DLPack in, one cat, one forward, DLPack out, split."""
 
+    import json
     from pathlib import Path
 
     import torch
@@ -218,6 +224,10 @@ LEAN_MODEL_PY = textwrap.dedent(
 
     class TritonPythonModel:
         def initialize(self, args):
+            parameters = json.loads(args["model_config"]).get("parameters", {})
+            threads = parameters.get("BENCH_THREADS", {}).get("string_value")
+            if threads:  # the benchmark's equal-threads footing; unset: torch's default
+                torch.set_num_threads(int(threads))
             path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
             gpu = args.get("model_instance_kind") == "GPU"
             self.device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
@@ -296,9 +306,31 @@ def served_name(model: BenchModel, variant: str) -> str:
     return f"{model.name}_{variant}"
 
 
-def config_text(model: BenchModel, variant: str, eager_compile: str, kind: str = "cpu") -> str:
-    """``config.pbtxt``: batch-1 requests, dynamic batching, one instance of ``kind``."""
-    backend = "pytorch_python" if variant in ("ts", "pt2", "eager") else "python"
+OURS = ("ts", "pt2", "eager")
+HAND_WRITTEN = ("naive", "lean")  # the model.py files that run torch
+
+
+def threads_parameter(variant: str, threads: int | None) -> str | None:
+    """The ``parameters`` entry that sets ``threads`` intra-op threads (None: defaults)."""
+    if threads is None or variant not in (*OURS, *HAND_WRITTEN):
+        return None
+    key = "INTRA_OP_THREAD_COUNT" if variant in OURS else "BENCH_THREADS"
+    return f'parameters {{ key: "{key}" value: {{ string_value: "{threads}" }} }}'
+
+
+def config_text(
+    model: BenchModel,
+    variant: str,
+    eager_compile: str,
+    kind: str = "cpu",
+    threads: int | None = None,
+) -> str:
+    """``config.pbtxt``: batch-1 requests, dynamic batching, one instance of ``kind``.
+
+    ``threads`` (the equal-threads footing): ours get ``INTRA_OP_THREAD_COUNT``, the naive and
+    lean model.py files ``BENCH_THREADS`` (they call ``torch.set_num_threads`` with it).
+    """
+    backend = "pytorch_python" if variant in OURS else "python"
     lines = [f'name: "{served_name(model, variant)}"', f'backend: "{backend}"']
     if variant == "pt2":
         lines.append('platform: "torch_aoti"')
@@ -316,11 +348,19 @@ def config_text(model: BenchModel, variant: str, eager_compile: str, kind: str =
             f'parameters {{ key: "TORCH_COMPILE_OPTIONAL_PARAMETERS" value: {{ string_value: '
             f'"{eager_compile.replace(chr(34), chr(92) + chr(34))}" }} }}'
         )
+    parameter = threads_parameter(variant, threads)
+    if parameter is not None:
+        lines.append(parameter)
     return "\n".join(lines) + "\n"
 
 
 def write_repository(
-    root: Path, models: list[BenchModel], variants: list[str], eager_compile: str, kind: str = "cpu"
+    root: Path,
+    models: list[BenchModel],
+    variants: list[str],
+    eager_compile: str,
+    kind: str = "cpu",
+    threads: int | None = None,
 ) -> list[str]:
     """One model directory per (model, served variant) under ``root``; returns the names."""
     names = []
@@ -332,7 +372,7 @@ def write_repository(
             name = served_name(model, variant)
             version = root / name / "1"
             version.mkdir(parents=True)
-            config = config_text(model, variant, eager_compile, kind)
+            config = config_text(model, variant, eager_compile, kind, threads)
             (root / name / "config.pbtxt").write_text(config)
             if variant == "pt2":
                 (version / "model.pt2").write_bytes(build_aoti(model).read_bytes())

@@ -1,8 +1,9 @@
 """``bench/serving.py --smoke`` keeps working: every variant served, answered and checked.
 
 Not a timed test: it asserts what the benchmark produced (every variant of both models with
-successful requests, outputs equal to the module's, the cold-start entries, the three output
-files), never how fast anything was.
+successful requests, outputs equal to the module's, per-round throughputs and ratios, the step
+profile or the statement that the backend does not expose it, the cold-start entries, the three
+output files), never how fast anything was.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from serving_models import MODELS, VARIANT_KEYS  # noqa: E402
+from serving_models import MODELS, OURS, VARIANT_KEYS  # noqa: E402
+from serving_report import NOT_EXPOSED  # noqa: E402
+from serving_steps import STEPS  # noqa: E402
 
 
 def test_smoke_run_reports_every_variant(tritonserver_path: Path, tmp_path: Path) -> None:
@@ -55,9 +58,30 @@ def test_smoke_run_reports_every_variant(tritonserver_path: Path, tmp_path: Path
         assert entry["output_check"] == ("shape" if key[1] == "empty" else "values"), key
         assert entry["first_ms"] > 0 and len(report["cold_start"]) == len(served)
 
+    rounds = report["settings"]["rounds"]
+    assert rounds >= 2, "the smoke run covers more than one round"
+    for (model, variant), row in rows.items():
+        assert len(row["rounds"]["values"]) == rounds, (model, variant)
+        for reference in ("naive", "lean", "empty", "raw"):
+            ratios = row["ratio_rounds"][reference]
+            assert len(ratios["values"]) == rounds, (model, variant, reference)
+            assert ratios["min"] <= ratios["median"] <= ratios["max"], (model, variant)
+    (footing,) = report["footings"]
+    assert footing["footing"] == "defaults" and "defaults vs defaults" in footing["description"]
+    ours = [row for (_, variant), row in rows.items() if variant in OURS]
+    if footing["step_profile"] == "exposed":  # the backend's step counters, per execution
+        for row in ours:
+            assert set(STEPS) <= set(row["steps_ms_per_exec"]), row["variant"]
+            assert row["steps_ms_per_exec"]["forward"] > 0, row["variant"]
+    else:
+        assert footing["step_profile"] == NOT_EXPOSED
+        assert all(row["steps_ms_per_exec"] is None for row in ours)
+    assert all("our_overhead_per_exec_ms" in row for row in ours)
+
     assert report["targets"], "the issue's targets are evaluated"
     table = (out / "serving.md").read_text()
     for model in MODELS:
         assert f"**{model.upper()}, concurrency 4**" in table
     assert "**Cold start**" in table and "**Targets**" in table
+    assert footing["step_profile"] in table and "defaults vs defaults" in table
     assert (out / "serving.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
