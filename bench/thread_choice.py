@@ -149,7 +149,7 @@ def choices(log: str) -> dict[str, str]:
     for line in log.splitlines():
         match = re.search(r"model '(\w+)_auto'.*INTRA_OP_THREAD_COUNT = (.*)$", line)
         if match:
-            found[match[1]] = match[2].strip()
+            found[match[1]] = match[2].strip().rstrip('"')
     return found
 
 
