@@ -4,8 +4,8 @@
 parameters, pick the device, apply the torch settings, resolve the model kind and its artifact,
 load the executor through the registry (its output shapes at load go to the instance's
 output-shape check), share weights, assemble the hooks (metrics among them) and the engine, warm
-up, assemble the request stages (:mod:`.stages`), log what was done. Nothing here touches
-Triton, so every phase is unit-tested with plain torch.
+up, choose the intra-op threads, assemble the request stages (:mod:`.stages`), log what was done.
+Nothing here touches Triton, so every phase is unit-tested with plain torch.
 """
 
 from __future__ import annotations
