@@ -34,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from provenance import provenance  # noqa: E402
 
-from pytorch_backend.config import parse_model_config  # noqa: E402
-from pytorch_backend.config.parameters import BackendParameters  # noqa: E402
+from pytorch_backend.config import (
+    BackendParameters,  # noqa: E402
+    parse_model_config,  # noqa: E402
+)
 from pytorch_backend.engine import InferenceEngine  # noqa: E402
 from pytorch_backend.executors.torchscript.executor import TorchScriptExecutor  # noqa: E402
 from pytorch_backend.hooks import Hooks  # noqa: E402

@@ -10,10 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytorch_backend.config import InstanceKind, ModelConfig, ModelKind, parse_model_config
+from pytorch_backend.config import (
+    BackendParameters,
+    InstanceKind,
+    ModelConfig,
+    ModelKind,
+    parse_model_config,
+)
 from pytorch_backend.config.decision import Decision
 from pytorch_backend.config.parameter_parsing import parse_parameters
-from pytorch_backend.config.parameters import BackendParameters
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.executors.base import LoadContext
 from pytorch_backend.executors.registry import REGISTRY

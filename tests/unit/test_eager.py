@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytorch_backend.config import InstanceKind, ModelKind, parse_model_config
-from pytorch_backend.config.parameters import BackendParameters
+from pytorch_backend.config import BackendParameters, InstanceKind, ModelKind, parse_model_config
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.executors.eager.signature import forward_signature
 from pytorch_backend.executors.registry import resolve_model

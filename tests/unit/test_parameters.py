@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pytorch_backend.config import GradPolicy, OutputShapeCheck
+from pytorch_backend.config import BackendParameters, GradPolicy, OutputShapeCheck
 from pytorch_backend.config.parameter_parsing import parse_parameters
 from pytorch_backend.config.parameter_table import markdown_table
 from pytorch_backend.config.parameters import (
     KNOWN_KEYS,
     PARAMETERS,
-    BackendParameters,
     parse_bool,
 )
 from pytorch_backend.errors import ModelLoadError

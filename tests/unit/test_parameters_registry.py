@@ -7,11 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytorch_backend.config import ModelKind
+from pytorch_backend.config import BackendParameters, ModelKind
+from pytorch_backend.config.backend_parameters import dataclass_of
 from pytorch_backend.config.compile_options import CompileOptions
 from pytorch_backend.config.decision import Decision
 from pytorch_backend.config.parameter_types import PYTHON_BACKEND, shown
-from pytorch_backend.config.parameters import BY_KEY, PARAMETERS, BackendParameters, Parameter
+from pytorch_backend.config.parameters import BY_KEY, PARAMETERS, Parameter
 from pytorch_backend.config.values import parse_bool
 
 PLURALS = {
@@ -41,11 +42,21 @@ def test_every_field_is_one_entry_whose_parser_returns_the_field_type() -> None:
         assert parameter.default == getattr(BackendParameters(), parameter.field)
 
 
-def test_an_entry_disagreeing_with_the_dataclass_fails_at_import() -> None:
-    with pytest.raises(ValueError, match="'NEW_KEY' read by backend needs a field and a parser"):
+def test_an_incomplete_entry_fails_at_import() -> None:
+    with pytest.raises(ValueError, match="'NEW_KEY' read by backend needs a field, a type and a"):
         Parameter("NEW_KEY", "effect")
-    with pytest.raises(ValueError, match="'NEW_KEY': BackendParameters has no 'new_field'"):
+    with pytest.raises(ValueError, match="'NEW_KEY' read by backend needs a field, a type and a"):
         Parameter("NEW_KEY", "effect", field="new_field", parse=parse_bool)
+
+
+def test_a_new_entry_is_a_new_field_of_the_parameters() -> None:
+    entry = Parameter(
+        "NEW_KEY", "effect", field="new_field", parse=parse_bool, type="bool", default=True
+    )
+    generated = dataclass_of((*PARAMETERS, entry))
+    assert [f.name for f in dataclasses.fields(generated)][-1] == "new_field"
+    assert generated().new_field is True and generated(new_field=False).new_field is False
+    assert generated().grad_policy == BackendParameters().grad_policy
     with pytest.raises(ValueError, match="'NEW_KEY' read by python_backend takes no field"):
         Parameter("NEW_KEY", "effect", field="warmup", parse=parse_bool, reader=PYTHON_BACKEND)
 

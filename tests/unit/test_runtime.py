@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from pytorch_backend.config import GradPolicy, ModelConfig, parse_model_config
+from pytorch_backend.config import BackendParameters, GradPolicy, ModelConfig, parse_model_config
 from pytorch_backend.config.decision import Decision
 from pytorch_backend.config.parameter_parsing import parse_parameters
-from pytorch_backend.config.parameters import PARAMETERS, BackendParameters
+from pytorch_backend.config.parameters import PARAMETERS
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.runtime.execution import execution_context
 from pytorch_backend.runtime.report import EffectiveSettings, effective_lines

@@ -1,5 +1,6 @@
 """What a model's configuration says, parsed once at load into frozen dataclasses and enums."""
 
+from .backend_parameters import BackendParameters
 from .enums import GradPolicy, InstanceKind, ModelKind, NamingConvention, OutputShapeCheck
 from .model_config import (
     InstanceGroup,
@@ -8,7 +9,6 @@ from .model_config import (
     parse_model_header,
 )
 from .parameter_parsing import parse_parameters
-from .parameters import BackendParameters
 from .tensor_spec import TensorSpec
 
 __all__ = [

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from .enums import OutputShapeCheck
-from .parameter_types import SERVER_CPUS, BackendParameters, Describer, on_off
+from .parameter_types import SERVER_CPUS, Describer, on_off
 
 if TYPE_CHECKING:
     from ..runtime.report import EffectiveSettings
     from ..runtime.settings import RuntimeSettings
+    from .backend_parameters import BackendParameters
 
 
 def inference_mode(e: EffectiveSettings) -> str:

@@ -6,7 +6,8 @@ import difflib
 from collections.abc import Callable, Mapping
 
 from ..errors import ModelLoadError
-from .parameters import BY_KEY, IGNORED, KNOWN_KEYS, PARAMETERS, BackendParameters
+from .backend_parameters import BackendParameters
+from .parameters import BY_KEY, IGNORED, KNOWN_KEYS, PARAMETERS
 
 
 def closest_key(key: str) -> str | None:

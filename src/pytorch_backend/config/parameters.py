@@ -8,14 +8,16 @@ unknown-key hints, the effective-value log lines and their order (``runtime.repo
 ``applies_to`` a generated "no effect on <kind>s" line), the README's parameter table
 (``parameter_table``, checked by a test) and the tests' key lists.
 
-Adding a parameter:
+Adding a parameter is two edits:
 
-1. a field (type, default) in ``BackendParameters`` (``parameter_types``) and its ``Parameter``
-   entry here: key, effect, README default, field, parser, ``applies_to``; ``describe`` when the
-   plain value is not the whole story (a function in ``describers``, or a ``Decision``'s reason);
-2. its consumer reads ``params.<field>`` (a setting the load decides returns a ``Decision``);
-3. regenerate the README table from ``parameter_table.markdown_table()``. Unit tests fail
-   until the field, the entry and the table agree.
+1. its ``Parameter`` entry here: key, effect, README default, field name, parser, ``applies_to``,
+   the field's ``type`` and ``default``; ``describe`` when the plain value is not the whole story
+   (a function in ``describers``, or a ``Decision``'s reason). ``BackendParameters``
+   (``backend_parameters``) is generated from the entries, so the field exists from then on;
+2. its consumer reads ``params.<field>`` (a setting the load decides returns a ``Decision``).
+
+Then regenerate the README table (``parameter_table.markdown_table()``; a unit test fails until
+it agrees); the tests' key lists are derived from the registry.
 
 Keys are case-sensitive, as upstream. Booleans accept exactly ``true/on/1`` and ``false/off/0``
 (lower-cased, as ``ParseBoolValue``); thread counts a non-negative decimal ``int`` (``0``: torch's
@@ -29,7 +31,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from . import describers
-from .compile_options import parse_compile_options
+from .compile_options import CompileOptions, parse_compile_options
+from .enums import OutputShapeCheck
 from .parameter_types import (
     ALL_KINDS,
     BACKEND,
@@ -42,7 +45,6 @@ from .parameter_types import (
     NO_KIND,
     PYTHON_BACKEND,
     TORCHSCRIPT_ONLY,
-    BackendParameters,
     Parameter,
 )
 from .values import (
@@ -67,7 +69,6 @@ __all__ = [
     "METHOD_KINDS",
     "PARAMETERS",
     "PYTHON_BACKEND",
-    "BackendParameters",
     "Parameter",
     "parse_bool",
 ]
@@ -81,6 +82,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "inference_mode",
         parse_bool,
         describe=describers.inference_mode,
+        type="bool",
+        default=True,
     ),
     Parameter(
         "ENABLE_GRAD",
@@ -89,6 +92,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`false`",
         "enable_grad",
         parse_bool,
+        type="bool",
+        default=False,
     ),
     Parameter(
         "DISABLE_OPTIMIZED_EXECUTION",
@@ -98,6 +103,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_bool,
         TORCHSCRIPT_ONLY,
         describe=describers.optimized_execution,
+        type="bool",
+        default=False,
     ),
     Parameter(
         "ENABLE_JIT_EXECUTOR",
@@ -107,6 +114,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_bool,
         TORCHSCRIPT_ONLY,
         describe=describers.jit_flag(lambda s: s.jit_executor, lambda p: p.enable_jit_executor),
+        type="bool | None",
+        default=None,
     ),
     Parameter(
         "ENABLE_JIT_PROFILING",
@@ -116,6 +125,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_bool,
         TORCHSCRIPT_ONLY,
         describe=describers.jit_flag(lambda s: s.jit_profiling, lambda p: p.enable_jit_profiling),
+        type="bool | None",
+        default=None,
     ),
     Parameter(
         "ENABLE_TENSOR_FUSER",
@@ -125,6 +136,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_bool,
         TORCHSCRIPT_ONLY,
         describe=describers.jit_flag(lambda s: s.tensor_fuser, lambda p: p.enable_tensor_fuser),
+        type="bool | None",
+        default=None,
     ),
     Parameter(
         "ENABLE_NVFUSER",
@@ -135,6 +148,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         NO_KIND,
         describe=describers.nvfuser,
         explains_kind=True,
+        type="bool | None",
+        default=None,
     ),
     Parameter(
         "DISABLE_CUDNN",
@@ -143,6 +158,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "disable_cudnn",
         parse_bool,
         describe=describers.cudnn,
+        type="bool",
+        default=False,
     ),
     Parameter(
         "ENABLE_CACHE_CLEANING",
@@ -152,6 +169,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "enable_cache_cleaning",
         parse_bool,
         describe=describers.cache_cleaning,
+        type="bool",
+        default=False,
     ),
     Parameter(
         "INTRA_OP_THREAD_COUNT",
@@ -164,6 +183,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_thread_count,
         aliases=("NUM_THREADS",),
         describe=describers.intra_op_threads,
+        type="int | None",
+        default=None,
     ),
     Parameter(
         "INTER_OP_THREAD_COUNT",
@@ -173,6 +194,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_thread_count,
         aliases=("NUM_INTEROP_THREADS",),
         describe=describers.inter_op_threads,
+        type="int | None",
+        default=None,
     ),
     Parameter(
         "ENABLE_WEIGHT_SHARING",
@@ -184,6 +207,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         MODULE_KINDS,
         describe=lambda e: e.weight_sharing.reason,
         explains_kind=True,
+        type="bool",
+        default=False,
     ),
     Parameter(
         "CUSTOM_OP_LIBRARIES",
@@ -193,6 +218,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "custom_op_libraries",
         parse_library_list,
         describe=describers.libraries,
+        type="tuple[str, ...]",
+        default=(),
     ),
     Parameter(
         "MODEL_FILENAME",
@@ -201,6 +228,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "model_filename",
         parse_file_name,
         ALL_KINDS - EAGER_ONLY,
+        type="str | None",
+        default=None,
     ),
     Parameter(
         "MODULE_FILENAME",
@@ -210,6 +239,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "module_filename",
         parse_module_file_name,
         EAGER_ONLY,
+        type="str | None",
+        default=None,
     ),
     Parameter(
         "MODULE_CLASS",
@@ -218,6 +249,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "module_class",
         parse_class_name,
         EAGER_ONLY,
+        type="str | None",
+        default=None,
     ),
     Parameter(
         "METHOD",
@@ -227,6 +260,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "method",
         parse_method_name,
         METHOD_KINDS,
+        type="str",
+        default="forward",
     ),
     Parameter(
         "ENABLE_METRICS",
@@ -236,6 +271,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "enable_metrics",
         parse_bool,
         describe=lambda e: e.metrics.reason,
+        type="bool",
+        default=True,
     ),
     Parameter(
         "WARMUP",
@@ -245,6 +282,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "warmup",
         parse_bool,
         describe=describers.warmup,
+        type="bool",
+        default=True,
     ),
     Parameter(
         "WARMUP_BATCH_SIZES",
@@ -253,6 +292,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "warmup_batch_sizes",
         parse_batch_sizes,
         describe=describers.warmup_sizes,
+        type="tuple[int, ...] | None",
+        default=None,
     ),
     Parameter(
         "CUDA_GRAPHS",
@@ -264,6 +305,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_bool,
         GRAPH_KINDS,
         describe=lambda e: e.cuda_graphs.reason,
+        type="bool",
+        default=False,
     ),
     Parameter(
         "REFUSE_WRITABLE_MODEL_DIRECTORY",
@@ -272,6 +315,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`false`",
         "refuse_writable_model_directory",
         parse_bool,
+        type="bool",
+        default=False,
     ),
     Parameter(
         "FORCE_CPU_ONLY_INPUT_TENSORS",
@@ -295,6 +340,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_compile_options,
         COMPILED_KINDS,
         describe=lambda e: e.params.torch_compile.describe(),
+        type="CompileOptions",
+        default=CompileOptions(),
     ),
     Parameter(
         "COMPILE_CACHE",
@@ -306,6 +353,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         parse_cache_directory,
         EAGER_ONLY,
         describe=lambda e: e.params.compile_cache or "default",
+        type="str | None",
+        default=None,
     ),
     Parameter(
         "STOP_SERVER_ON_STICKY_ERROR",
@@ -315,6 +364,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "`false`",
         "stop_server_on_sticky_error",
         parse_bool,
+        type="bool",
+        default=False,
     ),
     Parameter(
         "ENABLE_CANCELLATION_CHECK",
@@ -327,6 +378,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "enable_cancellation_check",
         parse_bool,
         describe=describers.cancellation_check,
+        type="bool | None",
+        default=None,
     ),
     Parameter(
         "OUTPUT_SHAPE_CHECK",
@@ -338,6 +391,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "output_shape_check",
         parse_output_shape_check,
         describe=describers.output_shapes,
+        type="OutputShapeCheck",
+        default=OutputShapeCheck.WARN,
     ),
 )
 

@@ -82,6 +82,27 @@ class DescribeContext:
     need_tensors: bool = True
 
 
+#: ``max_batch_size`` for an artifact whose batch dimension has no upper bound (Triton's own
+#: ``default-max-batch-size``).
+DEFAULT_MAX_BATCH_SIZE = 4
+
+
+def batch_limit(batch: tuple[int, int | None] | None, what: str, bounded: str) -> tuple[int, str]:
+    """``max_batch_size`` and the note saying why, from an artifact's batch range.
+
+    ``batch``: (lowest, highest or None) of the batch dimension, None when it is static;
+    ``what``: the artifact ("the package"); ``bounded``: how a bounded range is named.
+    """
+    if batch is None:
+        return 0, f"{what}'s batch dimension is static"
+    low, high = batch
+    if high is None:
+        return DEFAULT_MAX_BATCH_SIZE, (
+            f"{what} accepts any batch >= {low}; Triton's default-max-batch-size"
+        )
+    return high, f"{bounded} {low}..{high}"
+
+
 def sidecar_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + SIDECAR_SUFFIX)
 

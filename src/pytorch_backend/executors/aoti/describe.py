@@ -18,14 +18,10 @@ import torch
 
 from ...config.dtypes import TORCH_TO_TRITON, TRITON_TO_TORCH
 from ..binding.callspec import CallSpecError, load_error, parse_call_spec
-from ..description import DescribeContext, ModelIO, TensorIO
+from ..description import DescribeContext, ModelIO, TensorIO, batch_limit
 from .checks import DimCheck, InputCheck, package_source, parse_input_checks
 from .executor import check_package_file, checked_inputs, load_package
 from .probe import quiet_stderr
-
-#: ``max_batch_size`` for a package whose batch dimension has no upper bound (Triton's own
-#: ``default-max-batch-size``).
-DEFAULT_MAX_BATCH_SIZE = 4
 
 
 def _batch_range(checks: Sequence[InputCheck]) -> tuple[int, int | None] | None:
@@ -127,13 +123,7 @@ def describe(context: DescribeContext) -> ModelIO:
                 where=leaf.name,
             )
         )
-    if batch is None:
-        max_batch, note = 0, "the package's batch dimension is static"
-    elif batch[1] is None:
-        max_batch = DEFAULT_MAX_BATCH_SIZE
-        note = f"the package accepts any batch >= {batch[0]}; Triton's default-max-batch-size"
-    else:
-        max_batch, note = batch[1], f"the package's exported batch range {batch[0]}..{batch[1]}"
+    max_batch, note = batch_limit(batch, "the package", "the package's exported batch range")
     return ModelIO(
         inputs,
         tuple(outputs),

@@ -16,12 +16,8 @@ import torch.utils._pytree as pytree
 from ... import torch_compat
 from ...config.dtypes import TORCH_TO_TRITON
 from ..binding.callspec import CallSpecError, parse_call_spec
-from ..description import DescribeContext, ModelIO, TensorIO
+from ..description import DescribeContext, ModelIO, TensorIO, batch_limit
 from .executor import load_program, user_values
-
-#: ``max_batch_size`` for a program whose batch dimension has no upper bound (Triton's own
-#: ``default-max-batch-size``, as for AOT-Inductor packages).
-DEFAULT_MAX_BATCH_SIZE = 4
 
 
 def _batch_symbol(inputs: list[Any]) -> Any | None:
@@ -91,18 +87,15 @@ def describe(context: DescribeContext) -> ModelIO:
                 where=leaf.name,
             )
         )
-    if symbol is None:
-        max_batch, note = 0, "the program's batch dimension is static"
-    else:
+    batch: tuple[int, int | None] | None = None
+    if symbol is not None:
         bounds = program.range_constraints.get(symbol)
         low = max(int(bounds.lower), 1) if bounds is not None else 1
         high = bounds.upper if bounds is not None else None
-        if high is None or not high.is_finite:
-            max_batch = DEFAULT_MAX_BATCH_SIZE
-            note = f"the program accepts any batch >= {low}; Triton's default-max-batch-size"
-        else:
-            max_batch = int(high)
-            note = f"the program's range_constraints give the batch range {low}..{max_batch}"
+        batch = (low, int(high) if high is not None and high.is_finite else None)
+    max_batch, note = batch_limit(
+        batch, "the program", "the program's range_constraints give the batch range"
+    )
     return ModelIO(
         described,
         tuple(results),
