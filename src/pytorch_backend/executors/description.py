@@ -13,7 +13,7 @@ read it (:func:`read_sidecar`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,20 +87,36 @@ class DescribeContext:
 DEFAULT_MAX_BATCH_SIZE = 4
 
 
-def batch_limit(batch: tuple[int, int | None] | None, what: str, bounded: str) -> tuple[int, str]:
-    """``max_batch_size`` and the note saying why, from an artifact's batch range.
+def batched_io(
+    io: tuple[Sequence[TensorIO], Sequence[TensorIO]],
+    batch: tuple[int, int | None] | None,
+    what: str,
+    bounded: str,
+    source: str,
+    notes: Sequence[str] = (),
+) -> ModelIO:
+    """A compiled artifact's ModelIO, its ``max_batch_size`` and note from its batch range.
 
-    ``batch``: (lowest, highest or None) of the batch dimension, None when it is static;
-    ``what``: the artifact ("the package"); ``bounded``: how a bounded range is named.
+    ``io``: (inputs, outputs); ``batch``: (lowest, highest or None) of the batch dimension, None
+    when it is static; ``what``: the artifact ("the package"); ``bounded``: how a bounded range
+    is named.
     """
     if batch is None:
-        return 0, f"{what}'s batch dimension is static"
-    low, high = batch
-    if high is None:
-        return DEFAULT_MAX_BATCH_SIZE, (
-            f"{what} accepts any batch >= {low}; Triton's default-max-batch-size"
-        )
-    return high, f"{bounded} {low}..{high}"
+        max_batch, note = 0, f"{what}'s batch dimension is static"
+    elif batch[1] is None:
+        max_batch = DEFAULT_MAX_BATCH_SIZE
+        note = f"{what} accepts any batch >= {batch[0]}; Triton's default-max-batch-size"
+    else:
+        max_batch, note = batch[1], f"{bounded} {batch[0]}..{batch[1]}"
+    inputs, outputs = io
+    return ModelIO(
+        tuple(inputs),
+        tuple(outputs),
+        max_batch_size=max_batch,
+        batch_note=note,
+        source=source,
+        notes=tuple(notes),
+    )
 
 
 def sidecar_path(artifact: Path) -> Path:

@@ -18,7 +18,7 @@ import torch
 
 from ...config.dtypes import TORCH_TO_TRITON, TRITON_TO_TORCH
 from ..binding.callspec import CallSpecError, load_error, parse_call_spec
-from ..description import DescribeContext, ModelIO, TensorIO, batch_limit
+from ..description import DescribeContext, ModelIO, TensorIO, batched_io
 from .checks import DimCheck, InputCheck, package_source, parse_input_checks
 from .executor import check_package_file, checked_inputs, load_package
 from .probe import quiet_stderr
@@ -123,12 +123,11 @@ def describe(context: DescribeContext) -> ModelIO:
                 where=leaf.name,
             )
         )
-    max_batch, note = batch_limit(batch, "the package", "the package's exported batch range")
-    return ModelIO(
-        inputs,
-        tuple(outputs),
-        max_batch_size=max_batch,
-        batch_note=note,
-        source=f"the AOT-Inductor package {path.name}",
-        notes=tuple(notes),
+    return batched_io(
+        (inputs, outputs),
+        batch,
+        "the package",
+        "the package's exported batch range",
+        f"the AOT-Inductor package {path.name}",
+        notes,
     )

@@ -16,7 +16,7 @@ import torch.utils._pytree as pytree
 from ... import torch_compat
 from ...config.dtypes import TORCH_TO_TRITON
 from ..binding.callspec import CallSpecError, parse_call_spec
-from ..description import DescribeContext, ModelIO, TensorIO, batch_limit
+from ..description import DescribeContext, ModelIO, TensorIO, batched_io
 from .executor import load_program, user_values
 
 
@@ -93,14 +93,11 @@ def describe(context: DescribeContext) -> ModelIO:
         low = max(int(bounds.lower), 1) if bounds is not None else 1
         high = bounds.upper if bounds is not None else None
         batch = (low, int(high) if high is not None and high.is_finite else None)
-    max_batch, note = batch_limit(
-        batch, "the program", "the program's range_constraints give the batch range"
-    )
-    return ModelIO(
-        described,
-        tuple(results),
-        max_batch_size=max_batch,
-        batch_note=note,
-        source=f"the torch.export program {path.name}",
-        notes=tuple(notes),
+    return batched_io(
+        (described, results),
+        batch,
+        "the program",
+        "the program's range_constraints give the batch range",
+        f"the torch.export program {path.name}",
+        notes,
     )
