@@ -210,12 +210,7 @@ class AotiExecutor:
     # -- public ------------------------------------------------------------------------------
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        flat: list[torch.Tensor] = []
-        for name in self.bindings.inputs:
-            value = inputs.get(name)
-            if not isinstance(value, torch.Tensor):
-                raise ExecutionError(f"input '{name}' is missing or not a tensor")
-            flat.append(value.contiguous())
+        flat = [value.contiguous() for value in self.bindings.leaves(inputs)]
         flat, keep = self._padding.to_minimum(flat)
         self._check_inputs(flat)
         try:

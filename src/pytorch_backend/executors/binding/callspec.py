@@ -27,11 +27,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.utils._pytree as pytree
 
 from ... import torch_compat
 from ...config import ModelConfig, TensorSpec
-from ...errors import ModelLoadError
+from ...errors import ExecutionError, ModelLoadError
 
 _SEQUENCE_TYPES = (tuple, list)
 _MAPPING_TYPES = (dict, OrderedDict)
@@ -73,6 +74,16 @@ class Bindings:
     inputs: tuple[str, ...]
     #: Config output name -> runner output index (a subset of the outputs, in config order).
     outputs: Mapping[str, int]
+
+    def leaves(self, inputs: Mapping[str, object]) -> list[torch.Tensor]:
+        """The runner's input leaves, in order, from the batch's named inputs."""
+        flat: list[torch.Tensor] = []
+        for name in self.inputs:
+            value = inputs.get(name)
+            if not isinstance(value, torch.Tensor):
+                raise ExecutionError(f"input '{name}' is missing or not a tensor")
+            flat.append(value)
+        return flat
 
 
 def parse_call_spec(in_spec: str, out_spec: str) -> CallSpec:

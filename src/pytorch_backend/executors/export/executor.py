@@ -22,7 +22,6 @@ import torch.utils._pytree as pytree
 from ... import torch_compat
 from ...config import ModelConfig
 from ...config.dtypes import TRITON_TO_TORCH, triton_name
-from ...errors import ExecutionError
 from ...requests import Value
 from .. import artifacts
 from ..base import Capabilities, LoadContext
@@ -179,13 +178,7 @@ class ExportedProgramExecutor:
         self.capabilities = dataclasses.replace(self.capabilities, compilation=watch)
 
     def run(self, inputs: Mapping[str, Value]) -> dict[str, Value]:
-        flat: list[torch.Tensor] = []
-        for name in self.bindings.inputs:
-            value = inputs.get(name)
-            if not isinstance(value, torch.Tensor):
-                raise ExecutionError(f"input '{name}' is missing or not a tensor")
-            flat.append(value)
-        flat, keep = self._padding.to_minimum(flat)
+        flat, keep = self._padding.to_minimum(self.bindings.leaves(inputs))
         args, kwargs = pytree.tree_unflatten(flat, self.in_spec)
         leaves = pytree.tree_leaves(self._call(*args, **kwargs))
         if self.watch is not None:
