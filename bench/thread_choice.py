@@ -153,6 +153,14 @@ def choices(log: str) -> dict[str, str]:
     return found
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (no machine path saved)."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return path.name
+
+
 def markdown(summary: dict) -> str:
     lines = [
         "| phase | model | auto | 1 thread | 2 threads | auto / best fixed (median, min-max) |",
@@ -221,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "settings": vars(args) | {"out": str(args.out)},
+        "settings": vars(args) | {"out": _shown(args.out)},
         "auto_choice": auto,
         "phases": phases,
     }

@@ -14,6 +14,7 @@ from pytorch_backend.executors.eager.signature import forward_signature
 from pytorch_backend.executors.registry import resolve_model
 from pytorch_backend.instance import InstanceArgs, build_instance
 from pytorch_backend.requests import RequestInputs
+from tests.unit.builders import Sink
 
 MODULE = """
 from typing import Dict, List
@@ -300,23 +301,17 @@ def test_exported_program_pads_below_its_minimum_and_the_metric_counts_it(tmp_pa
 
 def test_compile_options_logged_and_warm_up_counts_graphs(tmp_path):
     model_dir = repo(tmp_path, {"model.py": MODULE})
-    lines: list[str] = []
-
-    class Sink:
-        def log_info(self, message: str) -> None:
-            lines.append(message)
-
-        log_warn = log_error = log_verbose = log_info
+    sink = Sink()
 
     config = cfg(
         {"MODULE_CLASS": "Double", "TORCH_COMPILE_OPTIONAL_PARAMETERS": '{"backend": "eager"}'}
     )
     instance = build_instance(
-        InstanceArgs(config, "m_0", InstanceKind.CPU, 0, model_dir, "1"), sink=Sink()
+        InstanceArgs(config, "m_0", InstanceKind.CPU, 0, model_dir, "1"), sink=sink
     )
     for batch in range(1, 5):
         instance.infer([RequestInputs({"x": torch.ones(batch, 2)})])
-    text = "\n".join(lines)
+    text = logged(sink)
     assert (
         json.dumps(
             {"backend": "eager", "dynamic": None, "fullgraph": False, "mode": None}, sort_keys=True
@@ -333,18 +328,12 @@ def test_compile_options_logged_and_warm_up_counts_graphs(tmp_path):
     watch.seen -= 1  # as if the last forward had compiled one
     watch.check({"x": torch.ones(1, 2)})
     assert counters.recompilations == 1
-    assert "recompiled while serving: 1 new graph(s)" in "\n".join(lines)
+    assert "recompiled while serving: 1 new graph(s)" in logged(sink)
 
 
 def test_without_warmup_the_compile_pass_still_runs_and_the_watch_counts_after_it(tmp_path):
     model_dir = repo(tmp_path, {"model.py": MODULE})
-    lines: list[str] = []
-
-    class Sink:
-        def log_info(self, message: str) -> None:
-            lines.append(message)
-
-        log_warn = log_error = log_verbose = log_info
+    sink = Sink()
 
     config = cfg(
         {
@@ -354,9 +343,9 @@ def test_without_warmup_the_compile_pass_still_runs_and_the_watch_counts_after_i
         }
     )
     instance = build_instance(
-        InstanceArgs(config, "m_0", InstanceKind.CPU, 0, model_dir, "1"), sink=Sink()
+        InstanceArgs(config, "m_0", InstanceKind.CPU, 0, model_dir, "1"), sink=sink
     )
-    text = "\n".join(lines)
+    text = logged(sink)
     assert "torch.compile warm-up over batch sizes [1, 2, 4]" in text
     assert "'m_0': warm-up over batch sizes" not in text  # no bucket runs
     watch = instance.executor.capabilities.compilation
@@ -365,4 +354,9 @@ def test_without_warmup_the_compile_pass_still_runs_and_the_watch_counts_after_i
     for batch in (3, 1, 4):
         instance.infer([RequestInputs({"x": torch.ones(batch, 2)})])
     assert instance.executor.capabilities.counters.recompilations == 0
-    assert "recompiled while serving" not in "\n".join(lines)
+    assert "recompiled while serving" not in logged(sink)
+
+
+def logged(sink: Sink) -> str:
+    """Every line the instance logged, at every level."""
+    return "\n".join(message for _, message in sink.lines)

@@ -28,6 +28,7 @@ from pytorch_backend.serving.server import TritonServer, client_host
 from pytorch_backend.tracebacks import short_text, split_message
 from tests import ts_models
 from tests.custom_op import build_op_library
+from tests.unit.builders import Sink as Recorder
 
 CPU = torch.device("cpu")
 
@@ -45,23 +46,6 @@ def config(inputs=((2,),), outputs=((2,),), max_batch_size=8, **fields):
             **fields,
         }
     )
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def log_info(self, m: str) -> None:
-        self.lines.append(("info", m))
-
-    def log_warn(self, m: str) -> None:
-        self.lines.append(("warn", m))
-
-    def log_error(self, m: str) -> None:
-        self.lines.append(("error", m))
-
-    def log_verbose(self, m: str) -> None:
-        self.lines.append(("verbose", m))
 
 
 # --- short error texts ---------------------------------------------------------------------

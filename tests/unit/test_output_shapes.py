@@ -25,6 +25,7 @@ from pytorch_backend.requests import RequestInputs
 from pytorch_backend.runtime.output_shapes import OutputShapes
 from pytorch_backend.serving.check import check_repository
 from tests import aoti_models
+from tests.unit import builders
 
 CPU = torch.device("cpu")
 WARN, ERROR, OFF = OutputShapeCheck.WARN, OutputShapeCheck.ERROR, OutputShapeCheck.OFF
@@ -38,22 +39,7 @@ class Wide(torch.nn.Module):
         return x.repeat(1, 4), x[:, :2]
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def log_info(self, m: str) -> None:
-        self.lines.append(("info", m))
-
-    def log_warn(self, m: str) -> None:
-        self.lines.append(("warn", m))
-
-    def log_error(self, m: str) -> None:
-        self.lines.append(("error", m))
-
-    def log_verbose(self, m: str) -> None:
-        self.lines.append(("verbose", m))
-
+class Sink(builders.Sink):
     def warnings(self, text: str = "") -> list[str]:
         return [m for level, m in self.lines if level == "warn" and text in m]
 
