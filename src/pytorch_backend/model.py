@@ -49,11 +49,12 @@ _use_utf8_locale()
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 try:
-    from pytorch_backend.runtime import orphan
+    from pytorch_backend.runtime import omp_wait, orphan
 
     # From import on, before torch: on a busy machine a stub can spend minutes importing it,
     # and a stub whose server dies meanwhile must not linger either.
     _watch_for_orphaning(only_in_a_stub=True)
+    omp_wait.prefer_passive()  # libgomp reads it once, when torch loads it
 
     import torch
 

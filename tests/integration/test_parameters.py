@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from pytorch_backend.config.parameters import PARAMETERS
+from pytorch_backend.runtime.report import LEADING_KEYS
 from tests.client_utils import PROTOCOLS, InferenceServerException, infer, write_model
 from tests.custom_op import LIBRARY_NAME, build_op_library
 from tests.server_procs import server_stubs
@@ -122,8 +123,9 @@ DEVICE_IO = (
 )
 BIG_IO = ([io("x", "TYPE_FP32", "[ 2048 ]")], [io("y", "TYPE_FP32", "[ 2048 ]")])
 
-# Every setting an instance logs at load, one line each: the device and the registry's keys.
-LOGGED_KEYS = ("device", *(p.key for p in PARAMETERS if p.logged))
+# Every setting an instance logs at load, one line each: the device, the OpenMP wait policy and
+# the registry's keys.
+LOGGED_KEYS = (*LEADING_KEYS, *(p.key for p in PARAMETERS if p.logged))
 
 MANY_THREADS = 3  # INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT of "many"
 ALIAS_THREADS = (5, 4)  # NUM_THREADS / NUM_INTEROP_THREADS of "alias"
@@ -264,7 +266,10 @@ def server(triton, op_library, tmp_path_factory):
     add("kind_cpu", DEVICE_IO, "device", extra="instance_group [ { kind: KIND_CPU } ]")
     add("kind_model", DEVICE_IO, "device", extra="instance_group [ { kind: KIND_MODEL } ]")
     add("kind_gpu", DEVICE_IO, "device", extra="instance_group [ { kind: KIND_GPU } ]")
-    return triton(repo)
+    # libgomp prints its settings to the server log as each stub loads torch (GOMP_SPINCOUNT:
+    # 300000 under its default wait policy, 0 under PASSIVE); the policy itself is not given.
+    env = {"OMP_DISPLAY_ENV": "VERBOSE", "OMP_WAIT_POLICY": None}
+    return triton(repo, env_overrides=env)
 
 
 X8 = np.linspace(-2.0, 2.0, 16, dtype=np.float32).reshape(2, 8)
@@ -320,6 +325,8 @@ def test_defaults_logged_one_line_per_setting(server):
     values = one_per_key(server.log_text(), "defaults", "defaults_0")
     _, inter = torch_default_threads()
     assert values["device"] == "cpu"
+    # set in the stub before torch loaded (the test server's environment does not give it)
+    assert values["OMP_WAIT_POLICY"] == "PASSIVE (set by the backend before torch loaded)"
     assert values["INFERENCE_MODE"] == "true (grad policy: inference_mode)"
     assert values["ENABLE_GRAD"] == "false"
     assert values["DISABLE_OPTIMIZED_EXECUTION"].startswith("false (graph executor optimization on")
@@ -365,6 +372,13 @@ def test_many_parameters_logged_with_their_effective_values(server, op_library):
 
 
 # --- threads inside the instance ----------------------------------------------------------------
+
+
+def test_openmp_workers_sleep_at_the_end_of_a_region(server):
+    """Set in each stub before torch loads libgomp, which reads it once (runtime.omp_wait)."""
+    spin_counts = re.findall(r"GOMP_SPINCOUNT = '(\d+)'", server.log_text())
+    assert len(spin_counts) >= len(READY), spin_counts  # one libgomp per stub that loaded torch
+    assert set(spin_counts) == {"0"}, spin_counts  # PASSIVE; libgomp's default spins 300000
 
 
 def threads_seen(protocol, server, model) -> list[list[int]]:

@@ -19,7 +19,7 @@ from pytorch_backend.config.parameter_parsing import parse_parameters
 from pytorch_backend.config.parameters import PARAMETERS
 from pytorch_backend.errors import ModelLoadError
 from pytorch_backend.runtime.execution import execution_context
-from pytorch_backend.runtime.report import EffectiveSettings, effective_lines
+from pytorch_backend.runtime.report import LEADING_KEYS, EffectiveSettings, effective_lines
 from pytorch_backend.runtime.settings import (
     apply_runtime_settings,
     cache_cleaning_applies,
@@ -220,7 +220,7 @@ def test_one_log_line_per_setting_naming_model_and_instance() -> None:
     prefix = "pytorch_backend: model 'm' instance 'm_0': "
     assert all(line.startswith(prefix) for line in logs)
     keys = [line[len(prefix) :].split(" = ", 1)[0] for line in logs]
-    assert sorted(keys) == sorted([*EVERY_KEY, "device"])
+    assert sorted(keys) == sorted([*EVERY_KEY, *LEADING_KEYS])
     assert f"{prefix}INFERENCE_MODE = true (grad policy: inference_mode)" in logs
     assert f"{prefix}ENABLE_WEIGHT_SHARING = false" in logs
     assert f"{prefix}device = cpu" in logs

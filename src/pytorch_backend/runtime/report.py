@@ -17,9 +17,13 @@ import torch
 from ..config import BackendParameters, ModelKind
 from ..config.decision import Decision
 from ..config.parameters import PARAMETERS
+from . import omp_wait
 from .settings import RuntimeSettings
 
 _OFF: Decision[Any] = Decision.off()
+
+#: The lines before the registry's: not parameters, but what the instance runs with.
+LEADING_KEYS = ("device", omp_wait.ENV)
 
 
 @dataclass(frozen=True)
@@ -39,13 +43,13 @@ class EffectiveSettings:
 
 
 def effective_lines(effective: EffectiveSettings) -> list[str]:
-    """``KEY = value`` for the device and every logged parameter, in registry order."""
+    """``KEY = value`` for :data:`LEADING_KEYS`, then every logged parameter in registry order."""
     device = (
         str(effective.device)
         if effective.device is not None
         else "chosen by the model (KIND_MODEL)"
     )
-    lines = [f"device = {device}"]
+    lines = [f"device = {device}", f"{omp_wait.ENV} = {omp_wait.describe()}"]
     for parameter in PARAMETERS:
         if parameter.logged:
             lines.append(f"{parameter.key} = {parameter.logged_value(effective)}")

@@ -35,7 +35,7 @@ from .warmup import warmup_request
 #: A forward at the largest warm-up batch this long, with the budget's threads, is compute-bound
 #: enough for more threads to pay: the server's own work per execute is well under a millisecond.
 COMPUTE_BOUND_SECONDS = 0.005
-#: The speedup more threads must bring to be taken (below it, their spinning costs the server).
+#: The speedup more threads must bring to be taken (below it, the CPU is better left to the server).
 MIN_SPEEDUP = 1.25
 #: Timed runs per thread count (the best counts); each count gets one untimed run first.
 RUNS = 2

@@ -120,7 +120,7 @@ class TritonServer:
         metrics_port: int = 8002,
         log: LogTarget = None,
         extra_args: Iterable[str] = (),
-        env_overrides: Optional[Mapping[str, str]] = None,
+        env_overrides: Optional[Mapping[str, Optional[str]]] = None,
         strip_locale: bool = False,
         server: Optional[Path] = None,
         backend_directory: Optional[Path] = None,
@@ -175,7 +175,11 @@ class TritonServer:
             for key in list(env):
                 if key in LOCALE_VARIABLES or key.startswith("LC_"):
                     del env[key]
-        env.update(self.env_overrides)
+        for key, value in self.env_overrides.items():  # None: not in the child's environment
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         return env
 
     # -- lifecycle
