@@ -63,6 +63,11 @@ def default_intra_op_threads(cpus: int, cpu_instances: int) -> int:
     return max(1, (cpus - SERVER_CPUS) // max(1, cpu_instances))
 
 
+def whole_cpu_share(cpus: int, cpu_instances: int) -> int:
+    """The most intra-op threads a KIND_CPU instance may take: its equal share of every CPU."""
+    return max(1, cpus // max(1, cpu_instances))
+
+
 def cache_cleaning_applies(params: BackendParameters, device: torch.device | None) -> bool:
     """``ENABLE_CACHE_CLEANING`` acts on a CUDA instance, or on KIND_MODEL (``device`` None) on a
     host with GPUs; never on a CPU instance."""

@@ -29,7 +29,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import PyTorchBackendError
 from ..requests import Outcome, RequestInputs
-from .settings import RuntimeSettings
+from .settings import RuntimeSettings, whole_cpu_share
 from .warmup import warmup_request
 
 #: A forward at the largest warm-up batch this long, with the budget's threads, is compute-bound
@@ -110,7 +110,7 @@ def choose_after_warm_up(
     budget.
     """
     budget = settings.thread_budget
-    most = max(1, settings.cpus // max(1, config.cpu_instance_count))
+    most = whole_cpu_share(settings.cpus, config.cpu_instance_count)
     if budget is None or not buckets or most <= budget:
         return settings
     batch = buckets[-1]
