@@ -4,7 +4,8 @@ Each case is a fresh process (libgomp reads ``OMP_WAIT_POLICY`` once, when torch
 that scripts the benchmark's module and runs its forward at one batch size for ``--seconds``
 under ``torch.inference_mode``. The cases are every combination of policy (libgomp's default,
 i.e. the variable unset, and ``PASSIVE``, what ``model.py`` sets) and intra-op threads (1 and 2),
-in ``--rounds`` interleaved rounds, in two phases: idle, then beside ``--hogs`` processes
+(``--threads``, ``--policies``; ``spin:N`` sets libgomp's ``GOMP_SPINCOUNT`` instead), in
+``--rounds`` interleaved rounds, in two phases: idle, then beside ``--hogs`` processes
 spinning on the CPU (what tritonserver, its clients and other stubs are to a stub). Reports per
 phase, model and batch each case's forwards/s (median of rounds, min-max) and median forward
 time, and writes ``--out``/``omp_wait.json`` and ``.md``.
@@ -29,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance  # noqa: E402
 from serving_models import MODELS, REPO_ROOT  # noqa: E402
 
-POLICIES = ("default", "PASSIVE")
-THREADS = (1, 2)
+POLICIES = "default,PASSIVE"
+THREADS = "1,2"
 
 CASE = """
 import json, statistics, sys, time
@@ -57,7 +58,9 @@ print(json.dumps({{"forwards_per_s": len(times) / sum(times),
 
 def run_case(model: str, batch: int, threads: int, policy: str, seconds: float) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
-    if policy != "default":
+    if policy.startswith("spin:"):  # libgomp's spin count itself (PASSIVE is 0)
+        env["GOMP_SPINCOUNT"] = policy.removeprefix("spin:")
+    elif policy != "default":
         env["OMP_WAIT_POLICY"] = policy
     script = CASE.format(
         bench=str(Path(__file__).resolve().parent),
@@ -82,12 +85,18 @@ def _spin(stop: multiprocessing.synchronize.Event) -> None:  # type: ignore[name
         pass
 
 
-def run_phase(cases: list[tuple[str, int]], rounds: int, seconds: float) -> list[dict]:
+def run_phase(
+    cases: list[tuple[str, int]],
+    threads_list: list[int],
+    policies: list[str],
+    rounds: int,
+    seconds: float,
+) -> list[dict]:
     results: dict[tuple, list[dict]] = {}
     for _ in range(rounds):
         for model, batch in cases:
-            for threads in THREADS:
-                for policy in POLICIES:
+            for threads in threads_list:
+                for policy in policies:
                     key = (model, batch, threads, policy)
                     results.setdefault(key, []).append(
                         run_case(model, batch, threads, policy, seconds)
@@ -130,24 +139,29 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="cnn:16,mlp:8,mlp:64", help="model:batch, ...")
+    parser.add_argument("--threads", default=THREADS, help="intra-op thread counts")
+    parser.add_argument(
+        "--policies", default=POLICIES, help="default, PASSIVE, ACTIVE or spin:N (GOMP_SPINCOUNT)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--hogs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     cases = [(m, int(b)) for m, b in (c.split(":") for c in args.cases.split(","))]
+    plan = ([int(t) for t in args.threads.split(",")], args.policies.split(","))
     for model, _ in cases:
         MODELS[model].module_file()  # written once, before the cases import it
     started = time.time()
     report = {"provenance": provenance(), "settings": {**vars(args), "out": str(args.out)}}
-    phases = [{"name": "idle", "rows": run_phase(cases, args.rounds, args.seconds)}]
+    phases = [{"name": "idle", "rows": run_phase(cases, *plan, args.rounds, args.seconds)}]
     stop = multiprocessing.Event()
     hogs = [multiprocessing.Process(target=_spin, args=(stop,)) for _ in range(args.hogs)]
     for hog in hogs:
         hog.start()
     try:
         name = f"{args.hogs} CPU hog(s)"
-        phases.append({"name": name, "rows": run_phase(cases, args.rounds, args.seconds)})
+        phases.append({"name": name, "rows": run_phase(cases, *plan, args.rounds, args.seconds)})
     finally:
         stop.set()
         for hog in hogs:
