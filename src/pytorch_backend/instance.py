@@ -213,7 +213,7 @@ def _build(
     if sequences is not None and hook is not None:
         hook.watch_sequences(sequences.live)
     steps = hook.steps if hook is not None else None
-    stages, cancellation = request_stages(params, forwards.fastest, sticky, sequences, steps)
+    stages, cancellation = request_stages(params, forwards.cheapest, sticky, sequences, steps)
     effective = EffectiveSettings(
         params,
         settings,

@@ -120,8 +120,11 @@ def build_repository(repo: Path, names: tuple[str, ...] = ("ts_mlp", "pt2", "str
         ]
         write_model(repo, "strings", _config("strings", [text], outputs), {"1/model.pt": strings})
     if "sleepy" in names:
-        extra = "instance_group [ { kind: KIND_CPU count: 1 } ]\n" + _parameter(
-            "TORCH_COMPILE_OPTIONAL_PARAMETERS", '{"disable": true}'
+        extra = (
+            "instance_group [ { kind: KIND_CPU count: 1 } ]\n"
+            + _parameter("TORCH_COMPILE_OPTIONAL_PARAMETERS", '{"disable": true}')
+            # its clients cancel queued requests: check whatever the warm-up measures
+            + _parameter("ENABLE_CANCELLATION_CHECK", "true")
         )
         config = _config("sleepy", *MLP_IO, extra)
         write_model(repo, "sleepy", config, {"1/model.py": SLEEPY.encode()})

@@ -115,18 +115,21 @@ def test_the_cancellation_stage_asks_only_when_checking_and_times_itself():
 
 
 FAST = WarmupForward(1, 0.04e-3)  # an MLP's forward: cheaper than one check
-SLOW = WarmupForward(8, 4e-3)
+SLOW = WarmupForward(8, 16e-3)  # 2 ms a row
+SHARED = WarmupForward(64, 32e-3)  # slow as a whole, 0.5 ms a row: the benchmark's CNN
 
 
 @pytest.mark.parametrize(
     ("given", "warmup", "measured", "check", "logged"),
     [
-        (None, True, FAST, False, "auto -> false (a forward of 1 row took 0.040 ms at warm-up, "
-         "under 10 x the ~0.05 ms a check costs"),
-        (None, True, SLOW, True, "auto -> true (a forward of 8 rows took 4.000 ms at warm-up, "
-         "at least 10 x"),
+        (None, True, FAST, False, "auto -> false (a forward of 1 row took 0.040 ms at warm-up: "
+         "0.040 ms a row, under 20 x the ~0.05 ms a check costs"),
+        (None, True, SLOW, True, "auto -> true (a forward of 8 rows took 16.000 ms at warm-up: "
+         "2.000 ms a row, at least 20 x"),
+        (None, True, SHARED, False, "auto -> false (a forward of 64 rows took 32.000 ms at "
+         "warm-up: 0.500 ms a row, under 20 x"),
         (None, True, WarmupForward(0, WORTH_CHECKS * CHECK_SECONDS), True, "auto -> true (a "
-         "forward took 0.500 ms"),
+         "forward took 1.000 ms at warm-up, at least 20 x"),
         (None, False, None, True, "auto -> true (WARMUP is false: no forward time was measured)"),
         (None, True, None, True, "auto -> true (the warm-up ran no successful forward"),
         (True, True, FAST, True, "true"),
@@ -141,14 +144,16 @@ def test_the_cancellation_check_decision(given, warmup, measured, check, logged)
     assert text == logged or (logged.startswith("auto") and text.startswith(logged))
 
 
-def test_the_warmup_measure_keeps_the_fastest_successful_single_forward():
+def test_the_warmup_measure_keeps_the_successful_forward_cheapest_per_row():
     forwards = WarmupForwards()
-    assert forwards.fastest is None
+    assert forwards.cheapest is None
     forwards.after_execute(ExecuteStats(1, 0, 0, 1, 1, forward_ns=300_000))  # compiled here
-    forwards.after_execute(ExecuteStats(1, 0, 0, 1, 2, forward_ns=100_000))
+    forwards.after_execute(ExecuteStats(1, 0, 0, 1, 2, forward_ns=100_000))  # 50 us a row
+    forwards.after_execute(ExecuteStats(1, 0, 0, 1, 8, forward_ns=800_000))  # 100 us a row
     forwards.after_execute(ExecuteStats(1, 0, 1, 1, 4, forward_ns=1_000))  # failed
     forwards.after_execute(ExecuteStats(1, 0, 0, 0, 0))  # no forward
-    assert forwards.fastest == WarmupForward(2, 100e-6)
+    assert forwards.cheapest == WarmupForward(2, 100e-6)
+    assert forwards.cheapest.seconds_per_row == pytest.approx(50e-6)
 
 
 def cancelled_request() -> RequestInputs:
@@ -164,9 +169,12 @@ def test_a_fast_model_does_not_check_by_default(tmp_path):
 
 def test_a_slow_model_checks_by_default(tmp_path, monkeypatch):
     run = TorchScriptExecutor.run
-    monkeypatch.setattr(
-        TorchScriptExecutor, "run", lambda self, b: time.sleep(0.002) or run(self, b)
-    )
+
+    def slow_run(self, batch):
+        time.sleep(0.002 * len(batch["x"]))  # 2 ms a row: the check is a small part of it
+        return run(self, batch)
+
+    monkeypatch.setattr(TorchScriptExecutor, "run", slow_run)
     instance, sink = build(ts_repo(tmp_path), ts_config())
     assert settings_logged(sink)["ENABLE_CANCELLATION_CHECK"].startswith("auto -> true (a forward")
     (outcome,) = instance.infer([cancelled_request()])
