@@ -25,10 +25,10 @@ from .base import Pending, RequestStage
 CHECK_SECONDS = 50e-6
 #: Checking is on when one request's share of a forward (the cheapest per row the warm-up ran)
 #: costs at least this many checks: the check then adds at most 5 % to every request, and pays
-#: for itself once more than 1 request in 20 is cancelled. Measured through tritonserver at
-#: concurrency 16 (``bench/results/serving.json``), a factor of 10 on a request's own batch-1
-#: forward turned the check on for the benchmark's CNN, whose requests share a batch at about
-#: 0.6 ms a row: its checks took 0.74 ms of a 6.3 ms execution.
+#: for itself once more than 1 request in 20 is cancelled. The rule before (10 checks against a
+#: request's own batch-1 forward) turned the check on for the benchmark's CNN, whose requests
+#: share a batch at about 0.6 ms a row: its checks took 0.74 ms of a 6.3 ms execution
+#: (tritonserver at concurrency 16, ``bench/results/cancel_rule_before/``).
 WORTH_CHECKS = 20
 
 
