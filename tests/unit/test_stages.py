@@ -115,21 +115,21 @@ def test_the_cancellation_stage_asks_only_when_checking_and_times_itself():
 
 
 FAST = WarmupForward(1, 0.04e-3)  # an MLP's forward: cheaper than one check
-SLOW = WarmupForward(8, 16e-3)  # 2 ms a row
-SHARED = WarmupForward(64, 32e-3)  # slow as a whole, 0.5 ms a row: the benchmark's CNN
+SLOW = WarmupForward(8, 16e-3)  # 2 ms a row: over 20 checks
+SHARED = WarmupForward(64, 64e-3)  # slow as a whole, 1 ms a row: the benchmark's CNN
 
 
 @pytest.mark.parametrize(
     ("given", "warmup", "measured", "check", "logged"),
     [
         (None, True, FAST, False, "auto -> false (a forward of 1 row took 0.040 ms at warm-up: "
-         "0.040 ms a row, under 20 x the ~0.05 ms a check costs"),
+         "0.040 ms a row, under 20 x the ~0.09 ms a check costs"),
         (None, True, SLOW, True, "auto -> true (a forward of 8 rows took 16.000 ms at warm-up: "
          "2.000 ms a row, at least 20 x"),
-        (None, True, SHARED, False, "auto -> false (a forward of 64 rows took 32.000 ms at "
-         "warm-up: 0.500 ms a row, under 20 x"),
+        (None, True, SHARED, False, "auto -> false (a forward of 64 rows took 64.000 ms at "
+         "warm-up: 1.000 ms a row, under 20 x"),
         (None, True, WarmupForward(0, WORTH_CHECKS * CHECK_SECONDS), True, "auto -> true (a "
-         "forward took 1.000 ms at warm-up, at least 20 x"),
+         "forward took 1.800 ms at warm-up, at least 20 x"),
         (None, False, None, True, "auto -> true (WARMUP is false: no forward time was measured)"),
         (None, True, None, True, "auto -> true (the warm-up ran no successful forward"),
         (True, True, FAST, True, "true"),
@@ -171,7 +171,7 @@ def test_a_slow_model_checks_by_default(tmp_path, monkeypatch):
     run = TorchScriptExecutor.run
 
     def slow_run(self, batch):
-        time.sleep(0.002 * len(batch["x"]))  # 2 ms a row: the check is a small part of it
+        time.sleep(0.003 * len(batch["x"]))  # 3 ms a row: the check is a small part of it
         return run(self, batch)
 
     monkeypatch.setattr(TorchScriptExecutor, "run", slow_run)

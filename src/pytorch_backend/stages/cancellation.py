@@ -21,14 +21,16 @@ from ..step_times import StepTimes
 from .base import Pending, RequestStage
 
 #: What one check costs: a round trip from the stub to the server, measured at 25-90 µs per
-#: request on the development machine (README, Faults); 50 µs is the middle of that range.
-CHECK_SECONDS = 50e-6
+#: request on the development machine (README, Faults), 90 µs through tritonserver at
+#: concurrency 16 (0.74 ms for 8.3 requests, ``bench/results/cancel_rule_before/``). The rule
+#: takes the dear end: the warm-up's forwards run while other instances load, so they err dear.
+CHECK_SECONDS = 90e-6
 #: Checking is on when one request's share of a forward (the cheapest per row the warm-up ran)
 #: costs at least this many checks: the check then adds at most 5 % to every request, and pays
-#: for itself once more than 1 request in 20 is cancelled. The rule before (10 checks against a
-#: request's own batch-1 forward) turned the check on for the benchmark's CNN, whose requests
-#: share a batch at about 0.6 ms a row: its checks took 0.74 ms of a 6.3 ms execution
-#: (tritonserver at concurrency 16, ``bench/results/cancel_rule_before/``).
+#: for itself once more than 1 request in 20 is cancelled. The rule before (10 checks of 50 µs
+#: against the fastest forward, normally one row) turned the check on for the benchmark's CNN,
+#: whose requests share a batch at about 0.6 ms a row: its checks took 0.74 ms of a 6.3 ms
+#: execution.
 WORTH_CHECKS = 20
 
 
