@@ -58,7 +58,11 @@ from serving_models import (  # noqa: E402
 from serving_report import summarize, summarize_footing  # noqa: E402
 from serving_run import run_all  # noqa: E402
 
-from pytorch_backend.runtime.settings import available_cpus, default_intra_op_threads  # noqa: E402
+from pytorch_backend.runtime.settings import (  # noqa: E402
+    available_cpus,
+    default_intra_op_threads,
+    whole_cpu_share,
+)
 from pytorch_backend.serving.server import (  # noqa: E402
     ServerError,
     TritonServer,
@@ -158,10 +162,12 @@ def describe_footing(threads: int | None, kind: str) -> dict:
             f"torch.set_num_threads({threads}) in the naive and lean model.py files and for raw",
         }
     default = torch.get_num_threads()
+    cpus = available_cpus()
     ours = (
-        f"{default_intra_op_threads(available_cpus(), 1)} intra-op thread(s)"
+        f"intra-op threads chosen at warm-up between {default_intra_op_threads(cpus, 1)} and "
+        f"{whole_cpu_share(cpus, 1)}"
         if kind == "cpu"
-        else "its default"
+        else "its default threads"
     )
     return {
         "footing": "defaults",

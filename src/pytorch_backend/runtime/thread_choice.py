@@ -1,10 +1,13 @@
 """The intra-op thread count of a KIND_CPU instance without a thread parameter, chosen at warm-up.
 
 Two defaults fail one kind of model each on a small machine. torch's (one thread per CPU)
-oversubscribes an overhead-bound model: its OpenMP workers spin after every short forward on the
-CPUs that tritonserver and the stub need to move requests. The budget that leaves a CPU to the
-server (:func:`~.settings.default_intra_op_threads`, 1 on 2 CPUs) runs a compute-bound model on
-one core while its forward is most of the time. So the instance measures, once warm:
+oversubscribes an overhead-bound model: its OpenMP workers take CPU time that tritonserver and
+the stub need to move requests, and make every short forward dearer (they spin under libgomp's
+default, and wake through the kernel under the PASSIVE policy ``model.py`` sets, see
+:mod:`.omp_wait`: 2 threads ran the MLP at batch 8 in 0.18 ms against 0.12 ms on 1). The budget
+that leaves a CPU to the server (:func:`~.settings.default_intra_op_threads`, 1 on 2 CPUs) runs
+a compute-bound model on one core while its forward is most of the time. So the instance
+measures, once warm:
 
 1. the forward of its largest warm-up batch with the budget's threads (best of
    :data:`RUNS`); under :data:`COMPUTE_BOUND_SECONDS` the model is overhead-bound and keeps
