@@ -371,9 +371,9 @@ PARAMETERS: tuple[Parameter, ...] = (
         "ENABLE_CANCELLATION_CHECK",
         "ask Triton, per request, whether the client cancelled it before the batch is gathered "
         "(one round trip to the server each, 25–90 µs here); cancelled ones are answered "
-        "CANCELLED and not computed. Unset: checked unless the warm-up measured a forward under "
-        "10 × a check's ~50 µs (the check would cost more than it saves; see Cancellation); "
-        "`true`/`false`: always/never",
+        "CANCELLED and not computed. Unset: checked only when a request's share of a forward "
+        "(the warm-up's cheapest per row) costs at least 20 × a check's ~90 µs, so the check adds "
+        "at most 5 % (see Cancellation); `true`/`false`: always/never",
         "unset: auto",
         "enable_cancellation_check",
         parse_bool,
