@@ -10,7 +10,8 @@ Fixtures:
   ``TritonServer`` (``extra_args``, ``env_overrides``, ``backend_directory``...) except
   ``timeout`` (readiness wait, default 180 s). Servers run with ``strip_locale=True`` and
   ``--exit-timeout-secs=5`` (a later value in ``extra_args`` wins), log to a file, and stop at
-  module end.
+  module end. A server that aborts at startup with the upstream :data:`UPSTREAM_STARTUP_ABORT`
+  is started again once.
 - ``free_ports`` (function): ``free_ports(n)`` returns n distinct TCP ports free right now.
 
 Every test in this folder is marked ``integration``.
@@ -19,6 +20,7 @@ Every test in this folder is marked ``integration``.
 from __future__ import annotations
 
 import socket
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
@@ -29,6 +31,11 @@ from pytorch_backend.serving.server import ModelStatus, ServerError, TritonServe
 from tests import prerequisites
 
 HERE = Path(__file__).parent
+#: tritonserver 2.51 sometimes aborts while several Python-backend instances start, before any
+#: request (server #8882, open; README "Lifecycle"). A server that dies so is started again
+#: once, on fresh ports; any other failure to start fails the test.
+UPSTREAM_STARTUP_ABORT = "boost::interprocess::lock_exception"
+STARTS = 2
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -99,29 +106,36 @@ def triton(
     started: list[RunningServer] = []
 
     def start(repo: Path, *, timeout: float = 180.0, **kwargs: object) -> RunningServer:
-        log_path = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
         kwargs.setdefault("strip_locale", True)
         # open client connections delay shutdown by --exit-timeout-secs: keep that short
         kwargs["extra_args"] = ("--exit-timeout-secs=5", *kwargs.get("extra_args", ()))
-        http_port, grpc_port, metrics_port = _free_ports(3)
-        server = TritonServer(
-            Path(repo),
-            http_port=http_port,
-            grpc_port=grpc_port,
-            metrics_port=metrics_port,
-            log=log_path,
-            server=tritonserver_path,
-            **{"backend_directory": backends_dir, **kwargs},  # type: ignore[arg-type]
-        )
-        running = RunningServer(server, log_path)
-        started.append(running)
-        server.start()
-        try:
-            server.wait_ready(timeout=timeout)
-        except ServerError as error:
-            server.stop()
-            pytest.fail(f"tritonserver did not start for {repo}: {error}", pytrace=False)
-        return running
+        for attempt in range(1, STARTS + 1):
+            log_path = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
+            http_port, grpc_port, metrics_port = _free_ports(3)
+            server = TritonServer(
+                Path(repo),
+                http_port=http_port,
+                grpc_port=grpc_port,
+                metrics_port=metrics_port,
+                log=log_path,
+                server=tritonserver_path,
+                **{"backend_directory": backends_dir, **kwargs},  # type: ignore[arg-type]
+            )
+            running = RunningServer(server, log_path)
+            started.append(running)
+            server.start()
+            try:
+                server.wait_ready(timeout=timeout)
+                return running
+            except ServerError as error:
+                server.stop()
+                log = log_path.read_text(errors="replace") if log_path.exists() else ""
+                if attempt < STARTS and UPSTREAM_STARTUP_ABORT in log:
+                    aborted = f"server #8882 abort at startup, started again: {log_path}"
+                    warnings.warn(aborted, stacklevel=2)
+                    continue
+                pytest.fail(f"tritonserver did not start for {repo}: {error}", pytrace=False)
+        raise AssertionError("unreachable")
 
     yield start
     for running in started:
