@@ -16,6 +16,7 @@ from pytorch_backend.executors.torchscript.executor import TorchScriptExecutor
 from pytorch_backend.instance import InstanceArgs
 from pytorch_backend.requests import RequestInputs
 from pytorch_backend.runtime.execution import GradPolicyHook
+from pytorch_backend.runtime.report import LEADING_KEYS
 from tests import aoti_models
 from tests.unit.builders import PREFIX, build, io, settings_logged, ts_config, ts_repo
 
@@ -46,7 +47,7 @@ def test_torchscript_cpu_instance_serves_and_logs_every_setting_once(tmp_path):
     assert isinstance(instance.executor, TorchScriptExecutor)
     assert instance.device == torch.device("cpu")
     logged = settings_logged(sink)
-    expected = {"device"} | {p.key for p in PARAMETERS if p.logged}
+    expected = {*LEADING_KEYS} | {p.key for p in PARAMETERS if p.logged}
     assert set(logged) == expected
     assert logged["ENABLE_WEIGHT_SHARING"] == "false"
     assert any(f"loaded TorchScript '{tmp_path}/m/1/model.pt' on cpu" in m for m in sink.text())
