@@ -4,10 +4,11 @@ torch's CPU kernels run their parallel regions on libgomp's workers. By default 
 for a while after a region ends, waiting for the next one. In a Python-backend stub the worker
 threads share the CPUs with tritonserver, its frontends, the clients and other stubs. A worker
 that spins takes a CPU from the thread with work, and a region cannot end until every worker has
-been scheduled. On a busy machine every region of a multi-threaded forward then stalls. Measured
-on the 2-CPU VM while the lifecycle harness loaded a server (load average about 7): the
-benchmark's CNN at batch 16 took 192 ms per forward (median) with 2 threads, 24 ms with 1
-thread, and 20 ms with 2 threads under ``OMP_WAIT_POLICY=PASSIVE``.
+been scheduled. On a busy machine every region of a multi-threaded forward then stalls.
+Measured by ``bench/omp_wait.py`` on the 2-CPU VM beside one CPU hog
+(``bench/results/omp_wait.json``): the benchmark's CNN at batch 16 ran 29 forwards/s with 2
+threads under libgomp's default, 57 with 1 thread, and 58 with 2 threads under PASSIVE; idle,
+PASSIVE costs 2 threads 0.82x (each region wakes its worker through the kernel).
 
 libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it. So ``model.py`` calls
 :func:`prefer_passive` before it imports torch. A value the environment already gives (the

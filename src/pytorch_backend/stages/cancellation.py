@@ -72,9 +72,9 @@ class WarmupForward:
 class WarmupForwards(Hook):
     """Added to the warm-up's hooks: keeps the successful forward cheapest per row.
 
-    That is normally the largest bucket's: a batched request shares its forward with the others
-    of its batch. A bucket whose forward also paid for a compilation only looks dearer, so the
-    figure never overstates what a request's share costs once warm.
+    That is normally a large bucket's: a batched request shares its forward with the others of
+    its batch. A bucket whose forward also paid for a compilation only looks dearer, and the
+    cheapest is kept, so one compiling bucket does not skew the figure.
     """
 
     def __init__(self) -> None:
